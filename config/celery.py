@@ -1,0 +1,74 @@
+"""Celery's configuration, derived from the one Settings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+from config.settings import Settings
+
+EVENTS_QUEUE = "crm.events"
+PRELOAD_QUEUE = "crm.preload"
+CREDITS_QUEUE = "crm.credits"
+METRICS_QUEUE = "crm.metrics"
+QUEUES = (EVENTS_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS_QUEUE)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Lowercase Celery settings: JSON only, late acks, no result backend, bounded publishing."""
+    exchange = Exchange("crm", type="direct")
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # At-least-once: a task is acknowledged after it ran; a worker killed mid-task gets its
+        # message back. The writes are idempotent, so running twice is safe.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 4,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": 10,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(settings.task_time_limit - 5, 1),
+        # Redis transport: an unacknowledged message is redelivered after this many seconds; it
+        # must exceed every task's time limit or a running task would be delivered twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_socket_timeout,
+            "health_check_interval": 10,
+        },
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": settings.publish_max_retries,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 1.0,
+        },
+        "task_queues": tuple(Queue(name, exchange, routing_key=name) for name in QUEUES),
+        "task_default_queue": EVENTS_QUEUE,
+        "task_default_exchange": "crm",
+        "task_default_routing_key": EVENTS_QUEUE,
+        "task_routes": {
+            "crmcache.apply_events": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE},
+            "crmcache.preload_*": {"queue": PRELOAD_QUEUE, "routing_key": PRELOAD_QUEUE},
+            "crmcache.settle_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
+            "crmcache.publish_metrics": {"queue": METRICS_QUEUE, "routing_key": METRICS_QUEUE},
+        },
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": {
+            "preload-all-tenants": {
+                "task": "crmcache.preload_all",
+                "schedule": settings.preload_interval,
+            },
+        },
+        "timezone": "UTC",
+    }

@@ -1,0 +1,186 @@
+"""The one typed settings object, read once from the environment (12-factor).
+
+Every variable is documented in the README's configuration table. A bad value fails at start
+with the variable's name (`ConfigError`), never later with a confusing traceback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+from urllib.parse import quote
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from crmcache.tenancy import is_valid_tenant
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed; the message names the variable."""
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """All of crmcache's configuration. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    # --- Redis (the cache) and the Celery broker -----------------------------------------
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    redis_host: str = Field(default="127.0.0.1", validation_alias=_env("REDIS_HOST"))
+    redis_port: int = Field(default=6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT"))
+    redis_username: str | None = Field(default=None, validation_alias=_env("REDIS_USERNAME"))
+    redis_password: SecretStr | None = Field(default=None, validation_alias=_env("REDIS_PASSWORD"))
+    redis_socket_timeout: float = Field(
+        default=5.0, gt=0, le=60, validation_alias=_env("CRM_REDIS_SOCKET_TIMEOUT")
+    )
+    celery_broker_url: str | None = Field(default=None, validation_alias=_env("CELERY_BROKER_URL"))
+
+    # --- The Wrapper (upstream source of truth) ------------------------------------------
+    wrapper_api_url: str = Field(
+        default="http://127.0.0.1:8081", validation_alias=_env("WRAPPER_API_URL")
+    )
+    wrapper_api_token: SecretStr = Field(
+        default=SecretStr(""), validation_alias=_env("WRAPPER_API_TOKEN")
+    )
+    wrapper_connect_timeout: float = Field(
+        default=2.0, gt=0, le=60, validation_alias=_env("CRM_WRAPPER_CONNECT_TIMEOUT")
+    )
+    wrapper_read_timeout: float = Field(
+        default=5.0, gt=0, le=300, validation_alias=_env("CRM_WRAPPER_READ_TIMEOUT")
+    )
+    wrapper_retries: int = Field(
+        default=3, ge=0, le=10, validation_alias=_env("CRM_WRAPPER_RETRIES")
+    )
+    wrapper_breaker_failures: int = Field(
+        default=5, ge=1, le=1000, validation_alias=_env("CRM_WRAPPER_BREAKER_FAILURES")
+    )
+    wrapper_breaker_reset: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias=_env("CRM_WRAPPER_BREAKER_RESET")
+    )
+    tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias=_env("CRM_TENANTS")
+    )
+
+    # --- Event pipeline -----------------------------------------------------------------
+    batch_size: int = Field(default=100, ge=1, le=10_000, validation_alias=_env("CRM_BATCH_SIZE"))
+    flush_interval_ms: float = Field(
+        default=5.0, gt=0, le=10_000, validation_alias=_env("CRM_FLUSH_INTERVAL_MS")
+    )
+    preload_interval: float = Field(
+        default=300.0, ge=5, le=86_400, validation_alias=_env("CRM_PRELOAD_INTERVAL")
+    )
+    preload_page_size: int = Field(
+        default=1000, ge=1, le=10_000, validation_alias=_env("CRM_PRELOAD_PAGE_SIZE")
+    )
+    dedupe_window: int = Field(
+        default=86_400, ge=60, le=30 * 86_400, validation_alias=_env("CRM_DEDUPE_WINDOW")
+    )
+    dead_letter_maxlen: int = Field(
+        default=100_000, ge=100, validation_alias=_env("CRM_DEAD_LETTER_MAXLEN")
+    )
+    max_event_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=1024 * 1024, validation_alias=_env("CRM_MAX_EVENT_BYTES")
+    )
+
+    # --- Subscriber liveness and leadership ------------------------------------------------
+    health_check_interval: float = Field(
+        default=2.0, gt=0, le=60, validation_alias=_env("CRM_HEALTH_CHECK_INTERVAL")
+    )
+    leader_lease: float = Field(default=3.0, ge=1, le=60, validation_alias=_env("CRM_LEADER_LEASE"))
+    reconnect_max_delay: float = Field(
+        default=5.0, gt=0, le=300, validation_alias=_env("CRM_RECONNECT_MAX_DELAY")
+    )
+
+    # --- Celery ---------------------------------------------------------------------------
+    task_time_limit: int = Field(default=120, ge=5, validation_alias=_env("CRM_TASK_TIME_LIMIT"))
+    visibility_timeout: int = Field(
+        default=3600, ge=10, validation_alias=_env("CRM_VISIBILITY_TIMEOUT")
+    )
+    publish_max_retries: int = Field(
+        default=3, ge=0, le=20, validation_alias=_env("CRM_PUBLISH_MAX_RETRIES")
+    )
+
+    # --- Logging ----------------------------------------------------------------------------
+    log_level: str = Field(default="INFO", validation_alias=_env("CRM_LOG_LEVEL"))
+    log_format: str = Field(
+        default="text", pattern="^(text|json)$", validation_alias=_env("CRM_LOG_FORMAT")
+    )
+
+    # --- Read side --------------------------------------------------------------------------
+    profile_ttl: int = Field(default=300, ge=1, validation_alias=_env("CRM_PROFILE_TTL"))
+    hierarchy_ttl: int = Field(default=900, ge=1, validation_alias=_env("CRM_HIERARCHY_TTL"))
+    hit_rate_threshold: float = Field(
+        default=0.95, ge=0, le=1, validation_alias=_env("CRM_HIT_RATE_THRESHOLD")
+    )
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _split_tenants(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list | tuple):
+            for tenant in value:
+                if not is_valid_tenant(tenant):
+                    raise ValueError(f"invalid tenant id {tenant!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _visibility_above_time_limit(self) -> Settings:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "CRM_VISIBILITY_TIMEOUT must exceed CRM_TASK_TIME_LIMIT, or a running task is "
+                "delivered twice"
+            )
+        return self
+
+    @property
+    def cache_url(self) -> str:
+        """The Redis URL of the cache: REDIS_URL, else one built from the seed's REDIS_* parts."""
+        if self.redis_url:
+            return self.redis_url
+        auth = ""
+        if self.redis_username or self.redis_password:
+            user = quote(self.redis_username or "", safe="")
+            password = (
+                quote(self.redis_password.get_secret_value(), safe="")
+                if (self.redis_password)
+                else ""
+            )
+            auth = f"{user}:{password}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.cache_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides); raise ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

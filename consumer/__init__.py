@@ -1,0 +1,1 @@
+"""The subscriber (Redis pub/sub -> Celery) and the read side (SmartCRMConsumer)."""

@@ -1,0 +1,39 @@
+"""The project's own exception types. Library errors are translated into these at the seam
+(the store for Redis, the Wrapper client for HTTP), so everything above handles only these."""
+
+
+class CrmCacheError(Exception):
+    """Base of every crmcache error."""
+
+
+class InvalidEvent(CrmCacheError):
+    """A pub/sub message that breaks the event contract; `reason` says how."""
+
+    def __init__(self, reason: str, tenant: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.tenant = tenant
+
+
+class InvalidTenant(CrmCacheError):
+    """A tenant id outside ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$."""
+
+
+class StoreUnavailable(CrmCacheError):
+    """Redis (the cache) could not be reached or did not answer in time."""
+
+
+class WrapperError(CrmCacheError):
+    """The Wrapper answered with something we cannot use (4xx other than 404, bad JSON)."""
+
+
+class WrapperUnavailable(WrapperError):
+    """The Wrapper is down: connection error, timeout, 5xx after retries, or breaker open."""
+
+
+class WrapperNotFound(WrapperError):
+    """The Wrapper answered 404 for the entity asked for."""
+
+
+class TenantNotReady(CrmCacheError):
+    """The tenant's critical data was never loaded: a miss means 'unknown', not 'absent'."""

@@ -1,0 +1,164 @@
+"""The keyspace: every Redis key and channel name crmcache uses, and its Lua scripts.
+
+This is a public contract (other services may read these keys; the README documents them).
+No other module builds a key string. Every per-tenant key carries the hash tag ``{tenant}`` so
+that one tenant's keys live in one Redis Cluster slot and multi-key Lua scripts stay legal.
+
+Per-tenant keys (``P = crm:{tenant}``):
+
+=============================  ======  ==============================================
+key                            type    holds
+=============================  ======  ==============================================
+P:credit-costs                 hash    operationCode -> cost (JSON number; 0 is a cost)
+P:roles                        hash    roleId -> JSON list of permissions
+P:user-status                  hash    userId -> status ("active", "suspended", ...)
+P:user-roles                   hash    userId -> JSON list of roleIds
+P:configs                      hash    configId -> JSON config
+P:stamps:<class>               hash    field -> "seq" or "seq:version" of its last write;
+                                       a stamp without a value is a tombstone
+P:meta                         hash    ready, version, last-event-ms, last-preload-ms,
+                                       preload-started-ms, floor:<class>
+P:seq                          string  per-tenant receipt sequence (INCRBY by the subscriber)
+P:event-ids                    zset    eventId -> applied-at ms (dedupe window)
+P:ref:profile:<userId>         string  JSON profile, with a TTL
+P:ref:hierarchy:<entityId>     string  JSON hierarchy, with a TTL
+P:ref:credits:<userId>         string  JSON balance, with a TTL
+P:lease:<kind>:<id>            string  read-through lease token (one upstream fetch per key)
+=============================  ======  ==============================================
+
+Channels: ``crm:<tenant>:<stream>`` (input from the Wrapper, see ``STREAMS``) and
+``crm:<tenant>:changes`` (published by the workers after every applied batch: the near-cache's
+coherence signal).
+
+Global keys: ``crm:dead-letters`` (stream of rejected messages), ``crm:dead-letters:count``,
+``crm:subscriber:leader`` (the active subscriber's lease), ``crm:schedule:<job>``
+(beat run guards).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from crmcache.tenancy import validate_tenant
+
+STREAMS = ("credit-configs", "roles", "users", "hierarchy", "configs")
+"""Input streams: the Wrapper publishes on ``crm:<tenant>:<stream>``."""
+
+CHANNEL_PREFIX = "crm:"
+DEAD_LETTERS = "crm:dead-letters"
+DEAD_LETTER_COUNT = "crm:dead-letters:count"
+LEADER = "crm:subscriber:leader"
+
+
+class DataClass(enum.StrEnum):
+    """A versioned critical-data hash. The order is the order of KEYS in apply_events.lua."""
+
+    CREDIT_COSTS = "credit-costs"
+    ROLES = "roles"
+    USER_STATUS = "user-status"
+    USER_ROLES = "user-roles"
+    CONFIGS = "configs"
+
+
+DATA_CLASSES: tuple[DataClass, ...] = tuple(DataClass)
+
+
+class RefKind(enum.StrEnum):
+    """A kind of read-through reference entry."""
+
+    PROFILE = "profile"
+    HIERARCHY = "hierarchy"
+    CREDITS = "credits"
+
+
+def input_patterns(tenants: tuple[str, ...] = ()) -> list[str]:
+    """Channel patterns the subscriber listens to: every tenant, or just the ones given."""
+    if tenants:
+        return [f"{CHANNEL_PREFIX}{validate_tenant(t)}:{s}" for t in tenants for s in STREAMS]
+    return [f"{CHANNEL_PREFIX}*:{s}" for s in STREAMS]
+
+
+def schedule_guard(job: str) -> str:
+    """The SET NX EX key that lets only one beat's run of `job` do the work."""
+    return f"crm:schedule:{job}"
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    """Every key of one tenant. Build with ``TenantKeys.of(tenant)``; the id is validated."""
+
+    tenant: str
+    prefix: str
+
+    @classmethod
+    def of(cls, tenant: str) -> TenantKeys:
+        return _tenant_keys(validate_tenant(tenant))
+
+    def values(self, data_class: DataClass) -> str:
+        return f"{self.prefix}:{data_class.value}"
+
+    def stamps(self, data_class: DataClass) -> str:
+        return f"{self.prefix}:stamps:{data_class.value}"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    @property
+    def event_ids(self) -> str:
+        return f"{self.prefix}:event-ids"
+
+    @property
+    def changes_channel(self) -> str:
+        return f"{CHANNEL_PREFIX}{self.tenant}:changes"
+
+    @property
+    def metrics_channel(self) -> str:
+        return f"{CHANNEL_PREFIX}{self.tenant}:metrics"
+
+    def channel(self, stream: str) -> str:
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}")
+        return f"{CHANNEL_PREFIX}{self.tenant}:{stream}"
+
+    def ref(self, kind: RefKind, entity_id: str) -> str:
+        return f"{self.prefix}:ref:{kind.value}:{entity_id}"
+
+    def lease(self, kind: RefKind, entity_id: str) -> str:
+        return f"{self.prefix}:lease:{kind.value}:{entity_id}"
+
+    def class_keys(self) -> list[str]:
+        """values/stamps pairs of every data class, in ``DATA_CLASSES`` order."""
+        keys: list[str] = []
+        for data_class in DATA_CLASSES:
+            keys += [self.values(data_class), self.stamps(data_class)]
+        return keys
+
+
+@cache
+def _tenant_keys(tenant: str) -> TenantKeys:
+    return TenantKeys(tenant=tenant, prefix=f"crm:{{{tenant}}}")
+
+
+def parse_input_channel(channel: str) -> tuple[str, str]:
+    """Split ``crm:<tenant>:<stream>`` into (tenant, stream) without validating the tenant."""
+    if not channel.startswith(CHANNEL_PREFIX):
+        raise ValueError(f"not a crm channel: {channel!r}")
+    rest = channel[len(CHANNEL_PREFIX) :]
+    tenant, sep, stream = rest.rpartition(":")
+    if not sep:
+        raise ValueError(f"channel without a stream: {channel!r}")
+    return tenant, stream
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``crmcache/lua/<name>.lua``."""
+    return resources.files("crmcache").joinpath("lua", f"{name}.lua").read_text("utf-8")

@@ -1,0 +1,94 @@
+-- apply_events.lua: apply one tenant's batch of stamped events with versioned, idempotent writes.
+--
+-- KEYS[1]            crm:{t}:meta        hash: version, last-event-ms, floor:<class>
+-- KEYS[2]            crm:{t}:event-ids   zset: eventId -> applied-at ms (dedupe window)
+-- KEYS[3 .. 2+2n]    per data class, in keyspace.DATA_CLASSES order: values hash, stamps hash
+-- KEYS[3+2n ..]      reference entries and leases to delete (invalidations)
+-- ARGV[1]            JSON list of the n data class names (for the floor:<class> meta fields)
+-- ARGV[2]            JSON batch: [[stamp, seq, version|-1, eventId|"", writes, invalidations], ...]
+--                    writes: [[classIndex (1-based), field, value|false (= delete)], ...]
+--                    invalidations: [KEYS index, ...]
+-- ARGV[3]            dedupe window in ms
+-- ARGV[4]            change-notification channel (crm:<t>:changes)
+--
+-- Guarantees (design §3):
+-- * a field is written only by an event newer than the field's stamp: when both carry an
+--   upstream version, the higher version wins; otherwise the higher receipt seq wins, and no
+--   seq at or below the class floor (the last snapshot's start) is ever applied;
+-- * a delete keeps its stamp as a tombstone, so a late older write cannot resurrect the value;
+-- * an eventId seen within the dedupe window is a no-op, so a redelivered task changes nothing;
+-- * invalidations delete the reference entry and its lease, so a read-through fetch that began
+--   before the invalidation cannot write its older value back (its lease token is gone);
+-- * when anything changed, meta.version is bumped and published on ARGV[4].
+-- Returns {fields written, writes skipped as stale, duplicate events, meta version}.
+
+local classes = cjson.decode(ARGV[1])
+local batch = cjson.decode(ARGV[2])
+local window = tonumber(ARGV[3])
+local meta, ids = KEYS[1], KEYS[2]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local floors = {}
+local function floor_of(ci)
+    local f = floors[ci]
+    if f == nil then
+        f = tonumber(redis.call('HGET', meta, 'floor:' .. classes[ci]) or '0')
+        floors[ci] = f
+    end
+    return f
+end
+
+-- Is a write stamped (seq, version) newer than the field's current stamp?
+local function is_newer(stamp, seq, version, floor)
+    if not stamp then
+        return seq > floor
+    end
+    local sseq, sver = string.match(stamp, '^(%d+):?(%d*)$')
+    sseq = tonumber(sseq) or 0
+    if version >= 0 and sver ~= '' then
+        return version > tonumber(sver)
+    end
+    return seq > math.max(sseq, floor)
+end
+
+local written, stale, duplicates, touched = 0, 0, 0, false
+for _, ev in ipairs(batch) do
+    local stamp, seq, version, event_id = ev[1], ev[2], ev[3], ev[4]
+    if event_id ~= '' and redis.call('ZSCORE', ids, event_id) then
+        duplicates = duplicates + 1
+    else
+        for _, w in ipairs(ev[5]) do
+            local ci, field, value = w[1], w[2], w[3]
+            local values, stamps = KEYS[1 + 2 * ci], KEYS[2 + 2 * ci]
+            if is_newer(redis.call('HGET', stamps, field), seq, version, floor_of(ci)) then
+                if value == false then
+                    redis.call('HDEL', values, field)
+                else
+                    redis.call('HSET', values, field, value)
+                end
+                redis.call('HSET', stamps, field, stamp)
+                written = written + 1
+            else
+                stale = stale + 1
+            end
+        end
+        for _, ki in ipairs(ev[6]) do
+            redis.call('DEL', KEYS[ki])
+            touched = true
+        end
+        if event_id ~= '' then
+            redis.call('ZADD', ids, now, event_id)
+        end
+    end
+end
+
+redis.call('ZREMRANGEBYSCORE', ids, '-inf', now - window)
+redis.call('HSET', meta, 'last-event-ms', now)
+local version = tonumber(redis.call('HGET', meta, 'version') or '0')
+if written > 0 or touched then
+    version = redis.call('HINCRBY', meta, 'version', 1)
+    redis.call('PUBLISH', ARGV[4], cjson.encode({version = version, written = written}))
+end
+return {written, stale, duplicates, version}

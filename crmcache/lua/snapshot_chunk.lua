@@ -1,0 +1,33 @@
+-- snapshot_chunk.lua: write one chunk of a Wrapper snapshot (a preload) into one data class.
+--
+-- KEYS[1]  crm:{t}:meta            hash: floor:<class>
+-- KEYS[2]  crm:{t}:<class>         values hash
+-- KEYS[3]  crm:{t}:stamps:<class>  stamps hash
+-- ARGV[1]  the snapshot's start seq S0 (INCR crm:{t}:seq taken before the Wrapper was asked)
+-- ARGV[2]  the class name
+-- ARGV[3..] field, value, field, value, ...
+--
+-- Guarantees: a field is written only when nothing newer than S0 wrote it, so an event
+-- received after the snapshot began is never overwritten (events are stamped at receipt, and
+-- every stamp taken after S0 is greater than S0). Written fields are stamped exactly S0, which
+-- is how snapshot_commit.lua recognises them. A snapshot older than the class floor (a newer
+-- snapshot already committed) writes nothing.
+-- Returns the number of fields written, or -1 when the snapshot is superseded.
+
+local s0 = tonumber(ARGV[1])
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor:' .. ARGV[2]) or '0')
+if floor >= s0 then
+    return -1
+end
+local written = 0
+for i = 3, #ARGV, 2 do
+    local field = ARGV[i]
+    local stamp = redis.call('HGET', KEYS[3], field)
+    local sseq = stamp and tonumber(string.match(stamp, '^(%d+)')) or 0
+    if sseq < s0 then
+        redis.call('HSET', KEYS[2], field, ARGV[i + 1])
+        redis.call('HSET', KEYS[3], field, ARGV[1])
+        written = written + 1
+    end
+end
+return written

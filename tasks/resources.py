@@ -1,0 +1,24 @@
+"""Per-process resources of a worker: built on first use, after the pool has forked."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from config.settings import Settings, get_settings
+from crmcache.redis_client import shared_redis
+from crmcache.store import Store
+from crmcache.wrapper import WrapperClient
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@cache
+def store() -> Store:
+    return Store(shared_redis(get_settings()))
+
+
+@cache
+def wrapper() -> WrapperClient:
+    return WrapperClient(get_settings())
