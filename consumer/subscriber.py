@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import replace
 from types import FrameType
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 LIVENESS_PING = b"crmcache-liveness"
 GAP_RESYNC_INTERVAL = 5.0
+RECENT_IDS = 100_000
 
 
 class Enqueuer(Protocol):
@@ -66,6 +67,7 @@ class Subscriber:
         self._stop = threading.Event()
         self._last_seq: dict[tuple[str, str], int] = {}
         self._last_gap_resync: dict[str, float] = {}
+        self._recent_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._lease_ms = int(settings.leader_lease * 1000)
         self._last_renewal = 0.0
 
@@ -262,6 +264,19 @@ class Subscriber:
                 self.enqueuer.preload(event.tenant, "gap")
                 self.stats["resyncs"] += 1
 
+    def _stamp(self, event: Event, fresh: int) -> Event:
+        """Stamp an event; a re-published eventId keeps its first copy's stamp, so that the
+        copy cannot overtake an event received between the two (the Lua dedupes the id)."""
+        if event.event_id is None:
+            return replace(event, seq=fresh)
+        key = (event.tenant, event.event_id)
+        seq = self._recent_ids.get(key)
+        if seq is None:
+            seq = self._recent_ids[key] = fresh
+            if len(self._recent_ids) > RECENT_IDS:
+                self._recent_ids.popitem(last=False)
+        return replace(event, seq=seq)
+
     def _flush(self, raise_errors: bool = True) -> None:
         """Stamp every pending event (one INCRBY per tenant, pipelined) and enqueue batches.
 
@@ -276,7 +291,7 @@ class Subscriber:
             size = self.settings.batch_size
             for tenant, events in pending.items():
                 bodies = [
-                    replace(e, seq=firsts[tenant] + i).to_task() for i, e in enumerate(events)
+                    self._stamp(e, firsts[tenant] + i).to_task() for i, e in enumerate(events)
                 ]
                 for start in range(0, len(bodies), size):
                     self.enqueuer.apply_events(tenant, bodies[start : start + size])

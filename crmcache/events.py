@@ -168,14 +168,16 @@ def plan_writes(event: Event) -> WritePlan:
         plan.invalidate.append((RefKind.PROFILE, user))
     elif kind == "user-deleted":
         user = _id(data["userId"])
-        plan.writes += [
-            FieldWrite(DataClass.USER_STATUS, user, None),
-            FieldWrite(DataClass.USER_ROLES, user, None),
-        ]
-        plan.invalidate += [(RefKind.PROFILE, user), (RefKind.CREDITS, user)]
+        plan.writes.extend(
+            [
+                FieldWrite(DataClass.USER_STATUS, user, None),
+                FieldWrite(DataClass.USER_ROLES, user, None),
+            ]
+        )
+        plan.invalidate.extend([(RefKind.PROFILE, user), (RefKind.CREDITS, user)])
     elif kind == "hierarchy-changed":
         entities = [_id(data["entityId"])] + [_id(e) for e in data.get("affectedEntityIds") or []]
-        plan.invalidate += [(RefKind.HIERARCHY, e) for e in dict.fromkeys(entities)]
+        plan.invalidate.extend([(RefKind.HIERARCHY, e) for e in dict.fromkeys(entities)])
     elif kind == "config-changed":
         config = json.dumps(data["config"], separators=(",", ":"), sort_keys=True)
         plan.writes.append(FieldWrite(DataClass.CONFIGS, _id(data["configId"]), config))

@@ -122,28 +122,35 @@ class Store:
 
         Returns (fields written, values removed); (-1, 0) when a newer snapshot won.
         """
+        written = 0
+        chunk: list[tuple[str, str]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= SNAPSHOT_CHUNK:
+                written += max(self.write_snapshot_chunk(tenant, data_class, s0, chunk), 0)
+                chunk = []
+        if chunk:
+            written += max(self.write_snapshot_chunk(tenant, data_class, s0, chunk), 0)
+        removed = self.commit_snapshot(tenant, data_class, s0)
+        return (-1, 0) if removed < 0 else (written, removed)
+
+    def write_snapshot_chunk(
+        self, tenant: str, data_class: DataClass, s0: int, chunk: Sequence[tuple[str, str]]
+    ) -> int:
+        """snapshot_chunk.lua: fields written, or -1 when a newer snapshot already committed."""
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
-        written = 0
-        chunk: list[str] = []
+        flat = [part for pair in chunk for part in pair]
         with translate_errors():
-            for field, value in items:
-                chunk += [field, value]
-                if len(chunk) >= 2 * SNAPSHOT_CHUNK:
-                    written += self._snapshot_chunk(key_list, s0, data_class, chunk)
-                    chunk = []
-            if chunk:
-                written += self._snapshot_chunk(key_list, s0, data_class, chunk)
-            removed, _ = self.script("snapshot_commit")(key_list, [s0, data_class.value])
-        if int(removed) < 0:
-            return -1, 0
-        return written, int(removed)
+            return int(self.script("snapshot_chunk")(key_list, [s0, data_class.value, *flat]))
 
-    def _snapshot_chunk(
-        self, key_list: list[str], s0: int, data_class: DataClass, chunk: list[str]
-    ) -> int:
-        n = int(self.script("snapshot_chunk")(key_list, [s0, data_class.value, *chunk]))
-        return max(n, 0)
+    def commit_snapshot(self, tenant: str, data_class: DataClass, s0: int) -> int:
+        """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed."""
+        keys = TenantKeys.of(tenant)
+        key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
+        with translate_errors():
+            removed, _ = self.script("snapshot_commit")(key_list, [s0, data_class.value])
+        return int(removed)
 
     def mark_ready(self, tenant: str) -> int:
         """Mark the tenant's critical data loaded and tell readers to revalidate."""

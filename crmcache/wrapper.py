@@ -2,7 +2,7 @@
 
 One ``requests.Session`` per client, connect and read timeouts on every call, bounded retries
 with backoff on connection errors and 5xx (urllib3's ``Retry``), a circuit breaker per tenant
-(``breaker.CircuitBreaker``), and every failure translated into the project's ``WrapperError`` types.
+(``breaker.CircuitBreaker``), and every failure translated into ``WrapperError`` types.
 """
 
 from __future__ import annotations
