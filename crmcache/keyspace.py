@@ -24,6 +24,7 @@ P:ref:profile:<userId>         string  JSON profile, with a TTL
 P:ref:hierarchy:<entityId>     string  JSON hierarchy, with a TTL
 P:ref:credits:<userId>         string  JSON balance, with a TTL
 P:lease:<kind>:<id>            string  read-through lease token (one upstream fetch per key)
+P:balance:<userId>             string  available credits (decimal text), no TTL
 =============================  ======  ==============================================
 
 Channels: ``crm:<tenant>:<stream>`` (input from the Wrapper, see ``STREAMS``) and
@@ -133,6 +134,11 @@ class TenantKeys:
 
     def lease(self, kind: RefKind, entity_id: str) -> str:
         return f"{self.prefix}:lease:{kind.value}:{entity_id}"
+
+    def balance(self, user_id: str) -> str:
+        """The user's available credits, as cached: read through from the Wrapper once, then
+        kept by deductions (deduct_credits.lua) and top-up events (user-credits-changed)."""
+        return f"{self.prefix}:balance:{user_id}"
 
     def class_keys(self) -> list[str]:
         """values/stamps pairs of every data class, in ``DATA_CLASSES`` order."""
