@@ -83,6 +83,8 @@ class FieldWrite:
 class WritePlan:
     writes: list[FieldWrite] = field(default_factory=list)
     invalidate: list[tuple[RefKind, str]] = field(default_factory=list)
+    credit_deltas: list[tuple[str, str]] = field(default_factory=list)
+    """(userId, delta) to add to a cached balance: top-ups are deltas, not stamped values."""
 
 
 def parse_message(channel: str, payload: bytes | str, max_bytes: int = 64 * 1024) -> Event:
@@ -143,47 +145,69 @@ def parse_envelope(tenant: str, stream: str, envelope: object) -> Event:
 
 def plan_writes(event: Event) -> WritePlan:
     """The field writes and reference invalidations one event causes (design §2's table)."""
-    data, kind = event.data, event.event_type
     plan = WritePlan()
-    if kind == "credit-config-changed":
-        plan.writes.append(
-            FieldWrite(
-                DataClass.CREDIT_COSTS, _id(data["operationCode"]), _number(data["newValue"])
-            )
-        )
-    elif kind == "credit-config-deleted":
-        plan.writes.append(FieldWrite(DataClass.CREDIT_COSTS, _id(data["operationCode"]), None))
-    elif kind == "role-changed":
-        perms = json.dumps(data["permissions"], separators=(",", ":"))
-        plan.writes.append(FieldWrite(DataClass.ROLES, _id(data["roleId"]), perms))
-    elif kind == "role-deleted":
-        plan.writes.append(FieldWrite(DataClass.ROLES, _id(data["roleId"]), None))
-    elif kind == "user-changed":
-        user = _id(data["userId"])
-        if data.get("status") is not None:
-            plan.writes.append(FieldWrite(DataClass.USER_STATUS, user, data["status"]))
-        if data.get("roles") is not None:
-            roles = json.dumps([_id(r) for r in data["roles"]], separators=(",", ":"))
-            plan.writes.append(FieldWrite(DataClass.USER_ROLES, user, roles))
-        plan.invalidate.append((RefKind.PROFILE, user))
-    elif kind == "user-deleted":
-        user = _id(data["userId"])
-        plan.writes.extend(
-            [
-                FieldWrite(DataClass.USER_STATUS, user, None),
-                FieldWrite(DataClass.USER_ROLES, user, None),
-            ]
-        )
-        plan.invalidate.extend([(RefKind.PROFILE, user), (RefKind.CREDITS, user)])
-    elif kind == "hierarchy-changed":
-        entities = [_id(data["entityId"])] + [_id(e) for e in data.get("affectedEntityIds") or []]
-        plan.invalidate.extend([(RefKind.HIERARCHY, e) for e in dict.fromkeys(entities)])
-    elif kind == "config-changed":
-        config = json.dumps(data["config"], separators=(",", ":"), sort_keys=True)
-        plan.writes.append(FieldWrite(DataClass.CONFIGS, _id(data["configId"]), config))
-    elif kind == "config-deleted":
-        plan.writes.append(FieldWrite(DataClass.CONFIGS, _id(data["configId"]), None))
+    _PLANNERS[event.event_type](event.data, plan)
     return plan
+
+
+def _plan_cost(data: Mapping[str, Any], plan: WritePlan) -> None:
+    cost = _number(data["newValue"])
+    plan.writes.append(FieldWrite(DataClass.CREDIT_COSTS, _id(data["operationCode"]), cost))
+
+
+def _plan_role(data: Mapping[str, Any], plan: WritePlan) -> None:
+    perms = _compact(data["permissions"])
+    plan.writes.append(FieldWrite(DataClass.ROLES, _id(data["roleId"]), perms))
+
+
+def _deleter(
+    data_class: DataClass, id_field: str
+) -> Callable[[Mapping[str, Any], WritePlan], None]:
+    def plan_delete(data: Mapping[str, Any], plan: WritePlan) -> None:
+        plan.writes.append(FieldWrite(data_class, _id(data[id_field]), None))
+
+    return plan_delete
+
+
+def _plan_user_changed(data: Mapping[str, Any], plan: WritePlan) -> None:
+    user = _id(data["userId"])
+    if data.get("status") is not None:
+        plan.writes.append(FieldWrite(DataClass.USER_STATUS, user, data["status"]))
+    if data.get("roles") is not None:
+        roles = _compact([_id(r) for r in data["roles"]])
+        plan.writes.append(FieldWrite(DataClass.USER_ROLES, user, roles))
+    plan.invalidate.append((RefKind.PROFILE, user))
+
+
+def _plan_user_deleted(data: Mapping[str, Any], plan: WritePlan) -> None:
+    user = _id(data["userId"])
+    plan.writes.extend(
+        [
+            FieldWrite(DataClass.USER_STATUS, user, None),
+            FieldWrite(DataClass.USER_ROLES, user, None),
+        ]
+    )
+    plan.invalidate.extend([(RefKind.PROFILE, user), (RefKind.CREDITS, user)])
+
+
+def _plan_hierarchy(data: Mapping[str, Any], plan: WritePlan) -> None:
+    entities = [_id(data["entityId"])] + [_id(e) for e in data.get("affectedEntityIds") or []]
+    plan.invalidate.extend((RefKind.HIERARCHY, e) for e in dict.fromkeys(entities))
+
+
+def _plan_config(data: Mapping[str, Any], plan: WritePlan) -> None:
+    config = (
+        _compact(data["config"]) if "config" in data and data.get("config") is not None else None
+    )
+    plan.writes.append(FieldWrite(DataClass.CONFIGS, _id(data["configId"]), config))
+
+
+def _plan_credits(data: Mapping[str, Any], plan: WritePlan) -> None:
+    plan.credit_deltas.append((_id(data["userId"]), _number(data["delta"])))
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 # --- field validators -------------------------------------------------------------------------
@@ -312,6 +336,20 @@ def _config_changed(data: Mapping[str, Any]) -> None:
         raise InvalidEvent("config is missing")
 
 
+def _user_credits_changed(data: Mapping[str, Any]) -> None:
+    _require_id(data, "userId")
+    for name, required in (("delta", True), ("available", False)):
+        value = data.get(name)
+        if value is None and not required:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidEvent(f"{name} must be a finite number")
+
+
 def _requires(name: str) -> Callable[[Mapping[str, Any]], None]:
     return lambda data: _require_id(data, name)
 
@@ -326,6 +364,20 @@ _VALIDATORS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "hierarchy-changed": _hierarchy_changed,
     "config-changed": _config_changed,
     "config-deleted": _requires("configId"),
+    "user-credits-changed": _user_credits_changed,
+}
+
+_PLANNERS: dict[str, Callable[[Mapping[str, Any], WritePlan], None]] = {
+    "credit-config-changed": _plan_cost,
+    "credit-config-deleted": _deleter(DataClass.CREDIT_COSTS, "operationCode"),
+    "role-changed": _plan_role,
+    "role-deleted": _deleter(DataClass.ROLES, "roleId"),
+    "user-changed": _plan_user_changed,
+    "user-deleted": _plan_user_deleted,
+    "hierarchy-changed": _plan_hierarchy,
+    "config-changed": _plan_config,
+    "config-deleted": _deleter(DataClass.CONFIGS, "configId"),
+    "user-credits-changed": _plan_credits,
 }
 
 EVENT_TYPES = tuple(_VALIDATORS)

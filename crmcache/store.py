@@ -95,9 +95,16 @@ class Store:
                 for key in (keys.ref(kind, entity), keys.lease(kind, entity)):
                     key_list.append(key)
                     invalidations.append(len(key_list))
+            deltas = []
+            for user, delta in plan.credit_deltas:
+                key_list.append(keys.balance(user))
+                deltas.append([len(key_list), delta])
+            event_id = event.event_id or ""
+            if deltas and not event_id:
+                event_id = f"#{event.seq}"  # a delta must not be added twice on redelivery
             version = event.version if event.version is not None else -1
             stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
-            batch.append([stamp, event.seq, version, event.event_id or "", writes, invalidations])
+            batch.append([stamp, event.seq, version, event_id, writes, invalidations, deltas])
         args = [_CLASS_NAMES, json.dumps(batch), dedupe_window_s * 1000, keys.changes_channel]
         with translate_errors():
             written, stale, duplicates, version = self.script("apply_events")(key_list, args)

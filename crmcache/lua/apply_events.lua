@@ -5,9 +5,11 @@
 -- KEYS[3 .. 2+2n]    per data class, in keyspace.DATA_CLASSES order: values hash, stamps hash
 -- KEYS[3+2n ..]      reference entries and leases to delete (invalidations)
 -- ARGV[1]            JSON list of the n data class names (for the floor:<class> meta fields)
--- ARGV[2]            JSON batch: [[stamp, seq, version|-1, eventId|"", writes, invalidations], ...]
+-- ARGV[2]            JSON batch:
+--                    [[stamp, seq, version|-1, eventId|"", writes, invalidations, deltas], ...]
 --                    writes: [[classIndex (1-based), field, value|false (= delete)], ...]
 --                    invalidations: [KEYS index, ...]
+--                    deltas: [[KEYS index of a balance, amount], ...] (credit top-ups)
 -- ARGV[3]            dedupe window in ms
 -- ARGV[4]            change-notification channel (crm:<t>:changes)
 --
@@ -19,6 +21,9 @@
 -- * an eventId seen within the dedupe window is a no-op, so a redelivered task changes nothing;
 -- * invalidations delete the reference entry and its lease, so a read-through fetch that began
 --   before the invalidation cannot write its older value back (its lease token is gone);
+-- * a credit delta is added to a cached balance once per eventId (the caller gives delta
+--   events without an id a stamp-based one); a balance not cached is left alone (the next
+--   read-through fetches the Wrapper's balance, which includes the top-up);
 -- * when anything changed, meta.version is bumped and published on ARGV[4].
 -- Returns {fields written, writes skipped as stale, duplicate events, meta version}.
 
@@ -77,6 +82,12 @@ for _, ev in ipairs(batch) do
         for _, ki in ipairs(ev[6]) do
             redis.call('DEL', KEYS[ki])
             touched = true
+        end
+        for _, d in ipairs(ev[7]) do
+            if redis.call('EXISTS', KEYS[d[1]]) == 1 then
+                redis.call('INCRBYFLOAT', KEYS[d[1]], d[2])
+                touched = true
+            end
         end
         if event_id ~= '' then
             redis.call('ZADD', ids, now, event_id)
