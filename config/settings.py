@@ -127,6 +127,37 @@ class Settings(BaseSettings):
         default=0.95, ge=0, le=1, validation_alias=_env("CRM_HIT_RATE_THRESHOLD")
     )
 
+    # --- HTTP API and credits ---------------------------------------------------------------
+    api_keys: SecretStr = Field(default=SecretStr(""), validation_alias=_env("CRM_API_KEYS"))
+    """Comma-separated ``tenant:key`` pairs; a key may be ``sha256:<hex digest>``."""
+    api_host: str = Field(default="127.0.0.1", validation_alias=_env("CRM_API_HOST"))
+    api_port: int = Field(default=8080, ge=1, le=65535, validation_alias=_env("CRM_API_PORT"))
+    api_workers: int = Field(default=1, ge=1, le=64, validation_alias=_env("CRM_API_WORKERS"))
+    api_threads: int = Field(default=40, ge=1, le=1000, validation_alias=_env("CRM_API_THREADS"))
+    idempotency_ttl: int = Field(
+        default=86_400, ge=60, le=30 * 86_400, validation_alias=_env("CRM_IDEMPOTENCY_TTL")
+    )
+    settle_batch: int = Field(
+        default=100, ge=1, le=10_000, validation_alias=_env("CRM_SETTLE_BATCH")
+    )
+    settle_sweep_interval: float = Field(
+        default=30.0, ge=1, le=3600, validation_alias=_env("CRM_SETTLE_SWEEP_INTERVAL")
+    )
+    settle_claim_idle: float = Field(
+        default=60.0, ge=0.1, le=86_400, validation_alias=_env("CRM_SETTLE_CLAIM_IDLE")
+    )
+    settle_max_retries: int = Field(
+        default=10, ge=0, le=1000, validation_alias=_env("CRM_SETTLE_MAX_RETRIES")
+    )
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr) -> SecretStr:
+        from crmcache.apikeys import parse_api_keys
+
+        parse_api_keys(value.get_secret_value())  # raises ValueError naming the bad entry
+        return value
+
     @field_validator("tenants", mode="before")
     @classmethod
     def _split_tenants(cls, value: object) -> object:

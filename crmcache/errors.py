@@ -37,3 +37,20 @@ class WrapperNotFound(WrapperError):
 
 class TenantNotReady(CrmCacheError):
     """The tenant's critical data was never loaded: a miss means 'unknown', not 'absent'."""
+
+
+class InsufficientCredits(CrmCacheError):
+    """A deduction larger than the user's available balance; nothing was charged."""
+
+    def __init__(self, available: str, required: str) -> None:
+        super().__init__(f"insufficient credits: {available} available, {required} required")
+        self.available = available
+        self.required = required
+
+
+class IdempotencyConflict(CrmCacheError):
+    """An idempotency key replayed with a different request; nothing was charged."""
+
+
+class BalanceUnknown(CrmCacheError):
+    """The user's balance is neither cached nor obtainable from the Wrapper (unknown user)."""

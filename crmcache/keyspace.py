@@ -25,6 +25,12 @@ P:ref:hierarchy:<entityId>     string  JSON hierarchy, with a TTL
 P:ref:credits:<userId>         string  JSON balance, with a TTL
 P:lease:<kind>:<id>            string  read-through lease token (one upstream fetch per key)
 P:balance:<userId>             string  available credits (decimal text), no TTL
+P:idempotency:<key>            hash    a deduction's idempotency record (fingerprint,
+                                       deductionId, leadId, amount, remaining, ...), 24 h TTL
+P:leads                        hash    leadId -> JSON lead (created by POST /api/leads)
+P:credit-outbox                stream  deductions not yet acknowledged by the Wrapper;
+                                       consumer group ``settlers``; XDEL after the ack
+P:settle-scheduled             string  set while a settle_credits task is queued (coalescing)
 =============================  ======  ==============================================
 
 Channels: ``crm:<tenant>:<stream>`` (input from the Wrapper, see ``STREAMS``) and
@@ -33,7 +39,8 @@ coherence signal).
 
 Global keys: ``crm:dead-letters`` (stream of rejected messages), ``crm:dead-letters:count``,
 ``crm:subscriber:leader`` (the active subscriber's lease), ``crm:schedule:<job>``
-(beat run guards).
+(beat run guards), ``crm:credit-tenants`` (set of tenants that ever deducted credits: the
+settlement sweep's work list).
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ CHANNEL_PREFIX = "crm:"
 DEAD_LETTERS = "crm:dead-letters"
 DEAD_LETTER_COUNT = "crm:dead-letters:count"
 LEADER = "crm:subscriber:leader"
+CREDIT_TENANTS = "crm:credit-tenants"
+OUTBOX_GROUP = "settlers"
+"""The consumer group of every tenant's credit outbox stream."""
 
 
 class DataClass(enum.StrEnum):
@@ -139,6 +149,22 @@ class TenantKeys:
         """The user's available credits, as cached: read through from the Wrapper once, then
         kept by deductions (deduct_credits.lua) and top-up events (user-credits-changed)."""
         return f"{self.prefix}:balance:{user_id}"
+
+    def idempotency(self, key: str) -> str:
+        """The idempotency record of one client-chosen key (see credits.validate_key)."""
+        return f"{self.prefix}:idempotency:{key}"
+
+    @property
+    def leads(self) -> str:
+        return f"{self.prefix}:leads"
+
+    @property
+    def credit_outbox(self) -> str:
+        return f"{self.prefix}:credit-outbox"
+
+    @property
+    def settle_scheduled(self) -> str:
+        return f"{self.prefix}:settle-scheduled"
 
     def class_keys(self) -> list[str]:
         """values/stamps pairs of every data class, in ``DATA_CLASSES`` order."""
