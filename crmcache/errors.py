@@ -39,6 +39,15 @@ class TenantNotReady(CrmCacheError):
     """The tenant's critical data was never loaded: a miss means 'unknown', not 'absent'."""
 
 
+class StaleDataTooOld(StoreUnavailable):
+    """Redis is unreachable and the reader's last-known-good copy is older than the configured
+    maximum age (CRM_DEGRADED_MAX_AGE): the reader refuses to answer rather than guess."""
+
+    def __init__(self, message: str, age_ms: float | None = None) -> None:
+        super().__init__(message)
+        self.age_ms = age_ms
+
+
 class InsufficientCredits(CrmCacheError):
     """A deduction larger than the user's available balance; nothing was charged."""
 

@@ -20,10 +20,20 @@ P:meta                         hash    ready, version, last-event-ms, last-prelo
                                        preload-started-ms, floor:<class>
 P:seq                          string  per-tenant receipt sequence (INCRBY by the subscriber)
 P:event-ids                    zset    eventId -> applied-at ms (dedupe window)
-P:ref:profile:<userId>         string  JSON profile, with a TTL
-P:ref:hierarchy:<entityId>     string  JSON hierarchy, with a TTL
-P:ref:credits:<userId>         string  JSON balance, with a TTL
-P:lease:<kind>:<id>            string  read-through lease token (one upstream fetch per key)
+P:ref:profile:<userId>         hash    read-through entry: value (JSON), fetched-ms,
+                                       expires-ms; kept past expires-ms (key TTL) only
+                                       for stale-if-error; a cached 404 has not-found=1
+                                       and no value
+P:ref:hierarchy:<entityId>     hash    the same, for a hierarchy node
+P:ref:credits:<userId>         hash    a cached 404 of the user's credits (the balance
+                                       itself is P:balance)
+P:lease:<kind>:<id>            string  read-through lease token (one upstream fetch per key);
+                                       "!<token>" for a short while after a failed fetch
+P:metrics                      hash    readers' cumulative counters and latency histogram
+                                       buckets (HINCRBY by each reader's background flush)
+P:metrics:snapshot             string  the last snapshot publish_metrics published (JSON)
+P:preload-request              string  SET NX PX: a reader of a not-ready tenant asks for
+                                       one preload per interval
 P:balance:<userId>             string  available credits (decimal text), no TTL
 P:idempotency:<key>            hash    a deduction's idempotency record (fingerprint,
                                        deductionId, leadId, amount, remaining, ...), 24 h TTL
@@ -40,7 +50,8 @@ coherence signal).
 Global keys: ``crm:dead-letters`` (stream of rejected messages), ``crm:dead-letters:count``,
 ``crm:subscriber:leader`` (the active subscriber's lease), ``crm:schedule:<job>``
 (beat run guards), ``crm:credit-tenants`` (set of tenants that ever deducted credits: the
-settlement sweep's work list).
+settlement sweep's work list), ``crm:metrics:tenants`` (set of tenants whose readers flushed
+metrics: publish_metrics' work list).
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ DEAD_LETTERS = "crm:dead-letters"
 DEAD_LETTER_COUNT = "crm:dead-letters:count"
 LEADER = "crm:subscriber:leader"
 CREDIT_TENANTS = "crm:credit-tenants"
+METRICS_TENANTS = "crm:metrics:tenants"
 OUTBOX_GROUP = "settlers"
 """The consumer group of every tenant's credit outbox stream."""
 
@@ -149,6 +161,19 @@ class TenantKeys:
         """The user's available credits, as cached: read through from the Wrapper once, then
         kept by deductions (deduct_credits.lua) and top-up events (user-credits-changed)."""
         return f"{self.prefix}:balance:{user_id}"
+
+    @property
+    def metrics(self) -> str:
+        """Readers' cumulative counters and latency buckets for this tenant."""
+        return f"{self.prefix}:metrics"
+
+    @property
+    def metrics_snapshot(self) -> str:
+        return f"{self.prefix}:metrics:snapshot"
+
+    @property
+    def preload_request(self) -> str:
+        return f"{self.prefix}:preload-request"
 
     def idempotency(self, key: str) -> str:
         """The idempotency record of one client-chosen key (see credits.validate_key)."""
