@@ -1,4 +1,4 @@
-"""The sandbox Wrapper's data: per tenant, credit costs, roles, users (with credits) and a hierarchy.
+"""The sandbox Wrapper's data: per tenant, credit costs, roles, users with credits, a hierarchy.
 
 Thread-safe: one re-entrant lock guards everything and every read returns a copy, so HTTP threads
 and a test's Python mutators can run at the same time. Mutators return the ``Change`` (the event)
@@ -7,30 +7,33 @@ they cause; stamping and publishing it is the server's job.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
 import copy
 import json
 import math
-import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from importlib import resources
 from typing import Any
 
 from sandbox.errors import InvalidInput, NotFound
+from sandbox.validate import (
+    Number,
+    consume_request,
+    decode_cursor,
+    encode_cursor,
+    ident,
+    json_copy,
+    number,
+    parse_user,
+    records,
+    strings,
+    tenant_name,
+)
 
-TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-"""Design §2's tenant id rule (repeated here: the sandbox does not import the product)."""
-
-MAX_ID_LENGTH = 256
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGE_SIZE = 10_000
-
-Number = int | float
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class SandboxState:
         """One page of ``{userId, status, roles}`` in userId order; the cursor is opaque."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         with self.lock:
             data = self._tenant(tenant)
             if data.sorted_user_ids is None:
@@ -108,12 +111,15 @@ class SandboxState:
             start = 0 if after is None else bisect.bisect_right(ids, after)
             page = ids[start : start + limit]
             items = [
-                {"userId": uid, "status": data.users[uid]["status"],
-                 "roles": list(data.users[uid]["roles"])}
+                {
+                    "userId": uid,
+                    "status": data.users[uid]["status"],
+                    "roles": list(data.users[uid]["roles"]),
+                }
                 for uid in page
             ]
             more = start + limit < len(ids)
-        return {"items": items, "nextCursor": _encode_cursor(page[-1]) if more else None}
+        return {"items": items, "nextCursor": encode_cursor(page[-1]) if more else None}
 
     def profile(self, tenant: str, user_id: str) -> dict[str, Any]:
         with self.lock:
@@ -137,7 +143,7 @@ class SandboxState:
         The cache already enforced the balance when it deducted, so the Wrapper records the usage
         and floors the balance at 0 rather than refusing a report.
         """
-        key, user_id, amount = _consume_request(body)
+        key, user_id, amount = consume_request(body)
         with self.lock:
             data = self._tenant(tenant)
             done = data.receipts.get(key)
@@ -173,7 +179,7 @@ class SandboxState:
             del self._tenants[tenant]
 
     def set_credit_cost(self, tenant: str, op: object, cost: object) -> Change:
-        op_code, new = ident(op, "operationCode"), _number(cost, "creditCost")
+        op_code, new = ident(op, "operationCode"), number(cost, "creditCost")
         with self.lock:
             costs = self._tenant(tenant).credit_costs
             change: dict[str, Any] = {"operationCode": op_code, "newValue": new}
@@ -193,7 +199,7 @@ class SandboxState:
         self, tenant: str, role_id: object, permissions: object, role_name: object = None
     ) -> Change:
         rid = ident(role_id, "roleId")
-        perms = _strings(permissions, "permissions")
+        perms = strings(permissions, "permissions")
         if role_name is not None and not isinstance(role_name, str):
             raise InvalidInput("roleName must be a string")
         with self.lock:
@@ -220,12 +226,12 @@ class SandboxState:
         """Create or update a user; the event carries userId plus the status/roles given."""
         uid = ident(user_id, "userId")
         fields = {"userId": uid, "status": status, "roles": roles, "profile": profile}
-        update = _parse_user({k: v for k, v in fields.items() if v is not None}, partial=True)
+        update = parse_user({k: v for k, v in fields.items() if v is not None}, partial=True)
         with self.lock:
             data = self._tenant(tenant)
             user = data.users.get(uid)
             if user is None:
-                user = _parse_user({"userId": uid}, partial=False)
+                user = parse_user({"userId": uid}, partial=False)
                 data.users[uid] = user
                 data.sorted_user_ids = None
                 update.setdefault("status", user["status"])
@@ -244,7 +250,7 @@ class SandboxState:
         return Change(tenant, "users", "user-deleted", user_id, {"userId": user_id})
 
     def top_up_credits(self, tenant: str, user_id: str, amount: object) -> Change:
-        delta = _number(amount, "amount", minimum=-math.inf)
+        delta = number(amount, "amount", minimum=-math.inf)
         with self.lock:
             user = self._user(tenant, user_id)
             if user["credits"] + delta < 0:
@@ -260,7 +266,7 @@ class SandboxState:
         if not isinstance(node, Mapping):
             raise InvalidInput("a hierarchy node must be a JSON object")
         others = [ident(e, "affectedEntityIds") for e in affected]
-        stored = {**copy.deepcopy(dict(node)), "entityId": eid}
+        stored = {**json_copy(node, "node"), "entityId": eid}
         stored.pop("affectedEntityIds", None)
         with self.lock:
             self._tenant(tenant).hierarchy[eid] = stored
@@ -292,83 +298,20 @@ class SandboxState:
         return user
 
 
-# --- validation ------------------------------------------------------------------------------
-
-
-def tenant_name(value: object) -> str:
-    if not isinstance(value, str) or not TENANT_ID_RE.fullmatch(value):
-        raise InvalidInput(f"invalid tenant id {str(value)[:80]!r}")
-    return value
-
-
-def ident(value: object, what: str) -> str:
-    """An id: a non-empty printable string (integers are taken as their decimal text)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
-        return value
-    raise InvalidInput(f"{what} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-
-
-def _number(value: object, what: str, minimum: float = 0) -> Number:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInput(f"{what} must be a finite number")
-    if value < minimum:
-        raise InvalidInput(f"{what} must be >= {minimum}")
-    return value
-
-
-def _strings(value: object, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise InvalidInput(f"{what} must be a list of non-empty strings")
-    return list(value)
-
-
-def _records(value: object, what: str) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
-        raise InvalidInput(f"{what} must be a list of objects")
-    return value
-
-
-def _parse_user(raw: Mapping[str, Any], *, partial: bool) -> dict[str, Any]:
-    """A user record; with ``partial`` only the fields present are checked and returned."""
-    defaults: dict[str, Any] = {"status": "active", "roles": [], "profile": {}, "credits": 0}
-    user = dict(raw) if partial else {**defaults, **raw}
-    user["userId"] = ident(user.get("userId"), "userId")
-    status = user.get("status", "active")
-    if not isinstance(status, str) or not 0 < len(status) <= 64:
-        raise InvalidInput("status must be a non-empty string of at most 64 characters")
-    if "roles" in user:
-        user["roles"] = [ident(r, "roles") for r in _list(user["roles"], "roles")]
-    if "profile" in user and not isinstance(user["profile"], Mapping):
-        raise InvalidInput("profile must be an object")
-    if "profile" in user:
-        user["profile"] = copy.deepcopy(dict(user["profile"]))
-    if "credits" in user:
-        user["credits"] = _number(user["credits"], "credits")
-    return user
-
-
-def _list(value: object, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InvalidInput(f"{what} must be a list")
-    return value
-
-
 def _parse_tenant(raw: object) -> Tenant:
     if not isinstance(raw, Mapping):
         raise InvalidInput("a tenant's data must be an object")
     tenant = Tenant()
-    for item in _records(raw.get("creditConfigs", []), "creditConfigs"):
+    for item in records(raw.get("creditConfigs", []), "creditConfigs"):
         op = ident(item.get("operationCode"), "operationCode")
-        tenant.credit_costs[op] = _number(item.get("creditCost"), "creditCost")
-    for item in _records(raw.get("roles", []), "roles"):
+        tenant.credit_costs[op] = number(item.get("creditCost"), "creditCost")
+    for item in records(raw.get("roles", []), "roles"):
         rid = ident(item.get("roleId"), "roleId")
-        perms = _strings(item.get("permissions"), "permissions")
+        perms = strings(item.get("permissions"), "permissions")
         name = item.get("roleName") or rid
         tenant.roles[rid] = {"roleId": rid, "roleName": str(name), "permissions": perms}
-    for item in _records(raw.get("users", []), "users"):
-        user = _parse_user(item, partial=False)
+    for item in records(raw.get("users", []), "users"):
+        user = parse_user(item, partial=False)
         tenant.users[user["userId"]] = user
     hierarchy = raw.get("hierarchy", {})
     if not isinstance(hierarchy, Mapping):
@@ -376,40 +319,5 @@ def _parse_tenant(raw: object) -> Tenant:
     for key, node in hierarchy.items():
         if not isinstance(node, Mapping):
             raise InvalidInput(f"hierarchy node {key!r} must be an object")
-        tenant.hierarchy[ident(key, "entityId")] = {**copy.deepcopy(dict(node)), "entityId": key}
+        tenant.hierarchy[ident(key, "entityId")] = {**json_copy(node, "node"), "entityId": key}
     return tenant
-
-
-def _consume_request(body: object) -> tuple[str, str, Number]:
-    if not isinstance(body, Mapping):
-        raise InvalidInput("the consume body must be a JSON object")
-    missing = [
-        name
-        for name in ("idempotencyKey", "userId", "operationCode", "amount", "occurredAt")
-        if name not in body
-    ]
-    if missing:
-        raise InvalidInput(f"missing field(s): {', '.join(missing)}")
-    key = ident(body["idempotencyKey"], "idempotencyKey")
-    user_id = ident(body["userId"], "userId")
-    ident(body["operationCode"], "operationCode")
-    amount = _number(body["amount"], "amount")
-    occurred = body["occurredAt"]
-    try:
-        datetime.fromisoformat(occurred) if isinstance(occurred, str) else None
-    except ValueError:
-        occurred = None
-    if not isinstance(occurred, str):
-        raise InvalidInput("occurredAt must be an ISO-8601 string")
-    return key, user_id, amount
-
-
-def _encode_cursor(user_id: str) -> str:
-    return base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput(f"invalid cursor {cursor[:40]!r}") from None
