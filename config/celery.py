@@ -69,6 +69,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "crmcache.preload_all",
                 "schedule": settings.preload_interval,
             },
+            # A killed worker's half-sent deductions and lost settle tasks: see settlement.py.
+            "settle-credits-sweep": {
+                "task": "crmcache.settle_all",
+                "schedule": settings.settle_sweep_interval,
+            },
         },
         "timezone": "UTC",
     }

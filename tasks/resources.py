@@ -6,6 +6,7 @@ from functools import cache
 
 from config.settings import Settings, get_settings
 from crmcache.redis_client import shared_redis
+from crmcache.settlement import Settler
 from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
 
@@ -22,3 +23,8 @@ def store() -> Store:
 @cache
 def wrapper() -> WrapperClient:
     return WrapperClient(get_settings())
+
+
+@cache
+def settler() -> Settler:
+    return Settler(store(), wrapper())

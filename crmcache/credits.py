@@ -1,0 +1,259 @@
+"""Credits: read-through balances and deductions charged exactly once (design §3, credits).
+
+A deduction is one Lua script (``lua/deduct_credits.lua``): idempotency check, balance check,
+decrement, the lead, the outbox entry and the idempotency record, all or nothing. The outbox is
+settled with the Wrapper by ``settlement`` (the ``crmcache.settle_credits`` task).
+
+Two idempotency keys are in play: the client's (``Idempotency-Key``), remembered for
+``CRM_IDEMPOTENCY_TTL`` seconds, and the deduction id sent to the Wrapper. They differ on
+purpose: a client reusing its key after the record expired makes a new, real charge, and the
+Wrapper must see it as new rather than dedupe it against the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import redis
+
+from crmcache.errors import (
+    BalanceUnknown,
+    IdempotencyConflict,
+    InsufficientCredits,
+    WrapperError,
+    WrapperNotFound,
+)
+from crmcache.keyspace import CREDIT_TENANTS, OUTBOX_GROUP, TenantKeys
+from crmcache.store import Store, translate_errors
+from crmcache.wrapper import WrapperClient
+
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+"""Printable ASCII without spaces, at most 255 characters (a UUID fits)."""
+
+SETTLE_SCHEDULED_TTL_MS = 30_000
+"""How long one queued settle task covers later deductions (see ``deduct_credits.lua``)."""
+
+Number = int | float
+
+
+def validate_key(key: object) -> str:
+    """The idempotency key unchanged, or ValueError."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ValueError("an idempotency key is 1-255 printable ASCII characters, no spaces")
+    return key
+
+
+def format_amount(value: Number | str | Decimal) -> str:
+    """Plain decimal text for Redis (no exponent, no trailing zeros); ValueError if not >= 0."""
+    if isinstance(value, bool):
+        raise ValueError("an amount is a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("an amount is finite")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a number: {str(value)[:40]!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError("an amount is a finite number >= 0")
+    text = format(number.normalize(), "f")
+    return text if text != "-0" else "0"
+
+
+def as_number(text: str | bytes) -> Number:
+    """Decimal text from Redis as an int when integral, else a float."""
+    number = Decimal(text.decode() if isinstance(text, bytes) else text)
+    return int(number) if number == number.to_integral_value() else float(number)
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable digest of what a client asked for (canonical JSON)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Deduction:
+    """What one charge did; identical for the first call and every replay of its key."""
+
+    deduction_id: str
+    lead_id: str | None
+    user_id: str
+    operation: str
+    amount: Number
+    remaining: Number
+    occurred_at: str
+    replayed: bool
+    settle_now: bool = False
+    """True when the caller should enqueue settle_credits (no settle task is queued)."""
+
+    @classmethod
+    def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
+        return cls(
+            deduction_id=record["deductionId"],
+            lead_id=record.get("leadId") or None,
+            user_id=record["userId"],
+            operation=record["operationCode"],
+            amount=as_number(record["amount"]),
+            remaining=as_number(record["remaining"]),
+            occurred_at=record["occurredAt"],
+            replayed=replayed,
+        )
+
+
+def cached_balance(store: Store, tenant: str, user_id: str) -> Number | None:
+    """The cached balance, or None when it was never read through."""
+    with translate_errors():
+        raw = store.redis.get(TenantKeys.of(tenant).balance(user_id))
+    return None if raw is None else as_number(raw)
+
+
+def load_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str) -> Number:
+    """Read the balance through from the Wrapper into the cache (SET NX: a balance already
+    cached, maybe already charged, is never overwritten) and return the cached value."""
+    try:
+        answer = wrapper.user_credits(tenant, user_id)
+    except WrapperNotFound:
+        raise BalanceUnknown(f"the Wrapper knows no user {user_id!r}") from None
+    available = answer.get("available") if isinstance(answer, dict) else None
+    try:
+        text = format_amount(available)  # type: ignore[arg-type]
+    except ValueError:
+        raise WrapperError(f"credits of {user_id!r}: 'available' is not a number >= 0") from None
+    key = TenantKeys.of(tenant).balance(user_id)
+    with translate_errors():
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.set(key, text, nx=True)
+        pipe.get(key)
+        _, raw = pipe.execute()
+    return as_number(raw)
+
+
+def user_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str) -> Number:
+    """The available balance: from the cache, read through from the Wrapper when missing."""
+    balance = cached_balance(store, tenant, user_id)
+    return balance if balance is not None else load_balance(store, wrapper, tenant, user_id)
+
+
+def replay(store: Store, tenant: str, key: str, request_fingerprint: str) -> Deduction | None:
+    """The stored deduction of `key` when it was made with the same request; None when the key
+    is unused; IdempotencyConflict when it was used for another request. A fast path before
+    the checks of a new charge (the Lua script checks again, atomically)."""
+    with translate_errors():
+        raw = store.redis.hgetall(TenantKeys.of(tenant).idempotency(validate_key(key)))
+    if not raw:
+        return None
+    record = {_text(k): _text(v) for k, v in raw.items()}
+    if record.get("fingerprint") != request_fingerprint:
+        raise IdempotencyConflict(_CONFLICT)
+    return Deduction.from_record(record, replayed=True)
+
+
+_CONFLICT = "this Idempotency-Key was already used with a different request"
+
+
+def deduct(
+    store: Store,
+    wrapper: WrapperClient,
+    tenant: str,
+    *,
+    user_id: str,
+    operation: str,
+    amount: Number | str,
+    idempotency_key: str,
+    request_fingerprint: str | None = None,
+    lead: dict[str, Any] | None = None,
+    ttl_s: int = 86_400,
+) -> Deduction:
+    """Charge `amount` once per `idempotency_key` (see deduct_credits.lua).
+
+    `lead` (a JSON object with a ``leadId``) is stored in the same step. The fingerprint
+    defaults to (user, operation, amount). Raises InsufficientCredits, IdempotencyConflict,
+    BalanceUnknown, StoreUnavailable (fail closed) or WrapperUnavailable (balance not cached
+    and the Wrapper down: fail closed too).
+    """
+    keys = TenantKeys.of(tenant)
+    amount_text = format_amount(amount)
+    key = validate_key(idempotency_key)
+    if request_fingerprint is None:
+        request_fingerprint = fingerprint([user_id, operation, amount_text])
+    lead_id = str(lead["leadId"]) if lead is not None else ""
+    occurred_at = lead["createdAt"] if lead is not None and "createdAt" in lead else utc_now_iso()
+    args = [
+        request_fingerprint,
+        amount_text,
+        f"ded_{uuid.uuid4().hex}",
+        ttl_s * 1000,
+        lead_id,
+        json.dumps(lead, separators=(",", ":")) if lead is not None else "",
+        user_id,
+        operation,
+        occurred_at,
+        key,
+        SETTLE_SCHEDULED_TTL_MS,
+        OUTBOX_GROUP,
+    ]
+    key_list = [
+        keys.balance(user_id),
+        keys.idempotency(key),
+        keys.leads,
+        keys.credit_outbox,
+        keys.settle_scheduled,
+    ]
+    for _attempt in range(3):
+        reply = _run_deduct(store, tenant, key_list, args)
+        outcome = reply[0].decode()
+        if outcome == "charged":
+            remaining, _entry, enqueue = reply[1], reply[2], reply[3]
+            return Deduction(
+                deduction_id=args[2],  # type: ignore[arg-type]
+                lead_id=lead_id or None,
+                user_id=user_id,
+                operation=operation,
+                amount=as_number(amount_text),
+                remaining=as_number(remaining),
+                occurred_at=occurred_at,
+                replayed=False,
+                settle_now=bool(enqueue),
+            )
+        if outcome == "replay":
+            flat = [part.decode() for part in reply[1]]
+            record = dict(zip(flat[::2], flat[1::2], strict=True))
+            return Deduction.from_record(record, replayed=True)
+        if outcome == "conflict":
+            raise IdempotencyConflict(_CONFLICT)
+        if outcome == "insufficient":
+            raise InsufficientCredits(reply[1].decode(), amount_text)
+        # no-balance: read it through, then try again.
+        load_balance(store, wrapper, tenant, user_id)
+    raise BalanceUnknown(f"the balance of {user_id!r} keeps disappearing from the cache")
+
+
+def _run_deduct(store: Store, tenant: str, keys: list[str], args: list[Any]) -> Any:
+    """SADD the tenant to the settlement work list and run the script in one round trip."""
+    script = store.script("deduct_credits")
+    for _ in range(2):
+        with translate_errors():
+            pipe = store.redis.pipeline(transaction=False)
+            pipe.sadd(CREDIT_TENANTS, tenant)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()[1]
+            except redis.exceptions.NoScriptError:
+                store.redis.script_load(script.script)  # a restarted or flushed Redis
+    raise RuntimeError("deduct_credits.lua could not be loaded")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

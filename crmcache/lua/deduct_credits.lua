@@ -1,0 +1,93 @@
+-- deduct_credits.lua: charge a user once per idempotency key, atomically, never below zero.
+--
+-- KEYS[1]  crm:{t}:balance:<userId>     string: available credits (decimal text)
+-- KEYS[2]  crm:{t}:idempotency:<key>    hash: the key's record (see below), expires
+-- KEYS[3]  crm:{t}:leads                hash: leadId -> JSON lead
+-- KEYS[4]  crm:{t}:credit-outbox        stream: deductions the Wrapper has not acknowledged
+-- KEYS[5]  crm:{t}:settle-scheduled     string: set while a settle task is queued
+-- ARGV[1]  request fingerprint (hex digest of what the client asked for)
+-- ARGV[2]  amount: decimal text >= 0
+-- ARGV[3]  deductionId (new, unique): the idempotency key the Wrapper is sent
+-- ARGV[4]  idempotency record TTL in ms
+-- ARGV[5]  leadId, or '' for a deduction without a lead
+-- ARGV[6]  the lead as JSON, or ''
+-- ARGV[7]  userId
+-- ARGV[8]  operationCode
+-- ARGV[9]  occurredAt (ISO-8601)
+-- ARGV[10] the client's idempotency key (kept in the outbox entry for audit)
+-- ARGV[11] settle-scheduled TTL in ms
+-- ARGV[12] outbox consumer group name
+--
+-- Guarantees (design §3, credits): all or nothing, in one step:
+-- * a key already recorded with the same fingerprint returns {'replay', <record>} and changes
+--   nothing; with another fingerprint {'conflict'} and changes nothing;
+-- * a balance not cached returns {'no-balance'}: the caller reads it through and retries;
+-- * a balance below the amount returns {'insufficient', balance}: nothing charged or recorded
+--   (so the same key may succeed after a top-up);
+-- * otherwise the balance is decremented (never below 0), the lead stored, the deduction
+--   appended to the outbox (amount > 0 only), the record kept for the TTL, and
+--   {'charged', remaining, outbox entry id or '', 1 if the caller must enqueue settlement}
+--   returned.
+
+local balance_key, record_key, leads, outbox, scheduled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local fingerprint, amount_text, deduction_id = ARGV[1], ARGV[2], ARGV[3]
+local lead_id, lead_json = ARGV[5], ARGV[6]
+
+local record = redis.call('HGETALL', record_key)
+if #record > 0 then
+    for i = 1, #record, 2 do
+        if record[i] == 'fingerprint' then
+            if record[i + 1] == fingerprint then
+                return {'replay', record}
+            end
+            return {'conflict'}
+        end
+    end
+    return {'conflict'}
+end
+
+local balance_text = redis.call('GET', balance_key)
+if not balance_text then
+    return {'no-balance'}
+end
+local balance, amount = tonumber(balance_text), tonumber(amount_text)
+if balance == nil then
+    return redis.error_reply('balance of ' .. balance_key .. ' is not a number')
+end
+if amount == nil or amount < 0 then
+    return redis.error_reply('amount must be a number >= 0')
+end
+if balance < amount then
+    return {'insufficient', balance_text}
+end
+
+local remaining = balance_text
+local entry_id, enqueue = '', 0
+if amount > 0 then
+    remaining = redis.call('INCRBYFLOAT', balance_key, '-' .. amount_text)
+    if tonumber(remaining) < 0 then
+        -- Only reachable through float rounding of equal decimals; never let it show.
+        remaining = '0'
+        redis.call('SET', balance_key, remaining)
+    end
+    if redis.call('EXISTS', outbox) == 0 then
+        redis.call('XGROUP', 'CREATE', outbox, ARGV[12], '0', 'MKSTREAM')
+    end
+    entry_id = redis.call('XADD', outbox, '*',
+        'deductionId', deduction_id, 'userId', ARGV[7], 'operationCode', ARGV[8],
+        'amount', amount_text, 'occurredAt', ARGV[9], 'idempotencyKey', ARGV[10],
+        'leadId', lead_id)
+    if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[11]) then
+        enqueue = 1
+    end
+end
+
+if lead_id ~= '' then
+    redis.call('HSET', leads, lead_id, lead_json)
+end
+redis.call('HSET', record_key,
+    'fingerprint', fingerprint, 'deductionId', deduction_id, 'leadId', lead_id,
+    'userId', ARGV[7], 'operationCode', ARGV[8], 'amount', amount_text,
+    'remaining', remaining, 'occurredAt', ARGV[9])
+redis.call('PEXPIRE', record_key, ARGV[4])
+return {'charged', remaining, entry_id, enqueue}
