@@ -203,6 +203,23 @@ class Settings(BaseSettings):
         default=10, ge=0, le=1000, validation_alias=_env("CRM_SETTLE_MAX_RETRIES")
     )
 
+    # --- Flower ------------------------------------------------------------------------------
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, validation_alias=_env("FLOWER_BASIC_AUTH")
+    )
+    """``user:password`` (comma-separated for several); Flower refuses to start without it."""
+
+    @field_validator("flower_basic_auth", mode="after")
+    @classmethod
+    def _check_flower_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        for position, credential in enumerate(value.get_secret_value().split(","), start=1):
+            user, sep, password = credential.partition(":")
+            if not (user.strip() and sep and password):
+                raise ValueError(f"entry {position} is not user:password")
+        return value
+
     @field_validator("api_keys", mode="after")
     @classmethod
     def _check_api_keys(cls, value: SecretStr) -> SecretStr:

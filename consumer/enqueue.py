@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.amqp import TruncatingAMQP
 from config.celery import EVENTS_QUEUE, PRELOAD_QUEUE, celery_config
 from config.settings import Settings
 
@@ -14,7 +15,7 @@ class CeleryEnqueuer:
     """Publishes apply_events and preload tasks with bounded publish retries."""
 
     def __init__(self, settings: Settings) -> None:
-        self.app = Celery("crmcache-subscriber")
+        self.app = Celery("crmcache-subscriber", amqp=TruncatingAMQP)
         self.app.conf.update(celery_config(settings))
 
     def apply_events(self, tenant: str, events: list[dict[str, Any]]) -> None:

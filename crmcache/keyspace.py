@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from crmcache.tenancy import validate_tenant
+from crmcache.tenancy import is_valid_tenant, validate_tenant
 
 STREAMS = ("credit-configs", "roles", "users", "hierarchy", "configs")
 """Input streams: the Wrapper publishes on ``crm:<tenant>:<stream>``."""
@@ -102,6 +102,19 @@ def input_patterns(tenants: tuple[str, ...] = ()) -> list[str]:
     if tenants:
         return [f"{CHANNEL_PREFIX}{validate_tenant(t)}:{s}" for t in tenants for s in STREAMS]
     return [f"{CHANNEL_PREFIX}*:{s}" for s in STREAMS]
+
+
+TENANT_META_PATTERN = "crm:{*}:meta"
+"""SCAN MATCH pattern of every tenant's meta hash: how ``crmcache status`` finds tenants."""
+
+
+def tenant_of_meta_key(key: str) -> str | None:
+    """The tenant whose meta hash `key` is, or None (a SCAN match of another shape)."""
+    prefix, suffix = "crm:{", "}:meta"
+    if not (key.startswith(prefix) and key.endswith(suffix)):
+        return None
+    tenant = key[len(prefix) : -len(suffix)]
+    return tenant if is_valid_tenant(tenant) else None
 
 
 def schedule_guard(job: str) -> str:
@@ -190,6 +203,15 @@ class TenantKeys:
     @property
     def settle_scheduled(self) -> str:
         return f"{self.prefix}:settle-scheduled"
+
+    def ref_pattern(self, kind: RefKind) -> str:
+        """SCAN MATCH pattern of this tenant's reference entries of one kind."""
+        return f"{self.prefix}:ref:{kind.value}:*"
+
+    @property
+    def balance_pattern(self) -> str:
+        """SCAN MATCH pattern of this tenant's cached balances."""
+        return f"{self.prefix}:balance:*"
 
     def class_keys(self) -> list[str]:
         """values/stamps pairs of every data class, in ``DATA_CLASSES`` order."""
