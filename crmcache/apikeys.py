@@ -71,6 +71,10 @@ class ApiKeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def tenants(self) -> list[str]:
+        """The tenants that have at least one key (the tenants this API serves)."""
+        return sorted({key.tenant for key in self._keys})
+
     def tenant_of(self, presented: str | None) -> str | None:
         """The tenant bound to `presented`, or None for a missing or unknown key."""
         if not presented or len(presented) > MAX_KEY_LENGTH:

@@ -2,6 +2,6 @@
 
 from types import ModuleType
 
-from crmcache.commands import subscribe
+from crmcache.commands import api, subscribe
 
-COMMANDS: tuple[ModuleType, ...] = (subscribe,)
+COMMANDS: tuple[ModuleType, ...] = (subscribe, api)

@@ -1,0 +1,58 @@
+"""The ASGI application factory: ``create_app(settings)``; ``uvicorn --factory`` works too."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from config.settings import Settings, get_settings
+from consumer.http import routes_credits, routes_ops, routes_users
+from consumer.http.errors import install_error_handlers
+from consumer.http.metrics import MetricsMiddleware
+from consumer.http.models import MAX_BODY_BYTES
+from consumer.http.readers import ReaderFactory
+from consumer.http.service import ApiService
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+The seed's endpoints over the crmcache read side. Every `/api` call needs an API key
+(`X-API-Key: <key>` or `Authorization: Bearer <key>`); the key decides the tenant.
+Errors are JSON `{"error": <code>, "message": <text>}`.
+"""
+
+
+def create_app(
+    settings: Settings | None = None, *, reader_factory: ReaderFactory | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    service = ApiService(settings, reader_factory)
+    if not len(service.keys):
+        logger.warning("CRM_API_KEYS is empty: every /api request will get 401")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(service.close)
+
+    app = FastAPI(
+        title="crmcache API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.include_router(routes_credits.router)
+    app.include_router(routes_users.router)
+    app.include_router(routes_ops.router)
+    return app

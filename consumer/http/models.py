@@ -1,0 +1,105 @@
+"""Request and response models: the OpenAPI document's schemas, with size limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IDENT_PATTERN = r"^[!-~]{1,256}$"
+"""User ids, permissions and operation codes: printable ASCII without spaces, <= 256."""
+
+Ident = Annotated[str, Field(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
+Number = int | float
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+CustomValue = Annotated[str, Field(max_length=500)] | int | float | bool | None
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class LeadData(BaseModel):
+    """A lead as the CRM captures it. Unknown fields are refused (422), not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ShortText
+    email: Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = (
+        None
+    )
+    company: ShortText | None = None
+    phone: Annotated[str, Field(max_length=40, pattern=r"^[0-9+()./ -]{3,40}$")] | None = None
+    source: Annotated[str, Field(max_length=100)] | None = None
+    notes: Annotated[str, Field(max_length=4000)] | None = None
+    customFields: Annotated[
+        dict[Annotated[str, Field(max_length=64)], CustomValue], Field(max_length=50)
+    ] = Field(default_factory=dict)
+
+
+class CreateLeadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    userId: Ident
+    leadData: LeadData
+
+
+class LeadCreated(BaseModel):
+    leadId: str
+    creditsDeducted: Number
+    remainingCredits: Number
+
+
+class CreditValidation(BaseModel):
+    operation: str
+    creditCost: Number
+    availableCredits: Number
+    canAfford: bool
+    cached: bool
+    stale: bool
+    responseTimeMs: float
+
+
+class PermissionCheck(BaseModel):
+    userId: str
+    permission: str
+    authorized: bool
+    cached: bool
+    stale: bool
+    responseTimeMs: float
+
+
+class UserProfile(BaseModel):
+    """The Wrapper's profile fields, plus how this answer was served."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cached: bool
+    stale: bool
+    cacheExpiry: str | None = Field(description="ISO-8601 UTC time the cached entry expires")
+
+
+class TestCreditCheck(BaseModel):
+    operation: str
+    userId: str
+    cost: Number | None
+    availableCredits: Number | None
+    canAfford: bool
+    hasPermission: bool
+    profile: dict[str, Any] | None
+    metrics: dict[str, Any]
+    responseTimeMs: float
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="a stable machine-readable code")
+    message: str
+    model_config = ConfigDict(extra="allow")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    redis: bool
+    tenants: dict[str, bool]

@@ -1,0 +1,77 @@
+"""One read-side consumer (``SmartCRMConsumer``) per tenant per process, created on first use.
+
+The HTTP layer depends only on the small ``TenantReader`` protocol below, so the read side can
+evolve (or be replaced in a test) without touching the routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TenantReader(Protocol):
+    """What the API needs from ``consumer.SmartCRMConsumer``."""
+
+    def initialize(self) -> Any: ...
+
+    def shutdown(self) -> Any: ...
+
+    def get_credit_cost(self, operation_code: str) -> Any: ...
+
+    def check_permission(self, user_id: str, permission: str) -> Any: ...
+
+    def get_user_profile(self, user_id: str) -> Any: ...
+
+    def get_metrics(self) -> dict[str, Any]: ...
+
+
+ReaderFactory = Callable[[str, Settings], TenantReader]
+
+
+def smart_crm_consumer(tenant: str, settings: Settings) -> TenantReader:
+    from consumer import SmartCRMConsumer  # type: ignore[attr-defined,unused-ignore]
+
+    reader: TenantReader = SmartCRMConsumer(tenant, settings=settings)
+    return reader
+
+
+class Readers:
+    """Lazily built, initialized readers keyed by tenant; thread-safe."""
+
+    def __init__(self, settings: Settings, factory: ReaderFactory | None = None) -> None:
+        self.settings = settings
+        self.factory = factory or smart_crm_consumer
+        self._readers: dict[str, TenantReader] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str) -> TenantReader:
+        reader = self._readers.get(tenant)
+        if reader is not None:
+            return reader
+        with self._lock:  # one initialize per tenant, however many requests arrive at once
+            reader = self._readers.get(tenant)
+            if reader is None:
+                reader = self.factory(tenant, self.settings)
+                reader.initialize()
+                self._readers[tenant] = reader
+                logger.info("tenant=%s reader initialized", tenant)
+        return reader
+
+    def started(self) -> dict[str, TenantReader]:
+        return dict(self._readers)
+
+    def close(self) -> None:
+        with self._lock:
+            readers, self._readers = self._readers, {}
+        for tenant, reader in readers.items():
+            try:
+                reader.shutdown()
+            except Exception:
+                logger.exception("tenant=%s reader shutdown failed", tenant)

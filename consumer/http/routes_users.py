@@ -1,0 +1,65 @@
+"""``GET /api/users/{userId}/profile`` and ``GET /api/permissions/check``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from consumer.http.auth import Tenant
+from consumer.http.deps import Service, Stopwatch, flag, iso_time
+from consumer.http.errors import ApiError
+from consumer.http.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
+
+router = APIRouter(tags=["users"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
+    422: {"model": ErrorResponse, "description": "invalid request"},
+    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
+}
+
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
+IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
+
+
+@router.get(
+    "/api/users/{userId}/profile",
+    response_model=UserProfile,
+    responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown user"}},
+    summary="The user's profile (reference data, read through with a TTL)",
+)
+def user_profile(tenant: Tenant, service: Service, userId: UserIdPath) -> dict[str, Any]:
+    answer = service.readers.get(tenant).get_user_profile(userId)
+    profile = getattr(answer, "value", None)
+    if profile is None:
+        raise ApiError(404, "user_not_found", "no such user", userId=userId)
+    if not isinstance(profile, dict):
+        profile = {"profile": profile}
+    return {
+        **profile,
+        "cached": flag(answer, "cached"),
+        "stale": flag(answer, "stale"),
+        "cacheExpiry": iso_time(getattr(answer, "expires_at", None)),
+    }
+
+
+@router.get(
+    "/api/permissions/check",
+    response_model=PermissionCheck,
+    responses=_ERRORS,
+    summary="May the user do this? (critical data, from the near-cache)",
+)
+def check_permission(
+    tenant: Tenant, service: Service, userId: IdentQuery, permission: IdentQuery
+) -> PermissionCheck:
+    watch = Stopwatch()
+    answer = service.readers.get(tenant).check_permission(userId, permission)
+    return PermissionCheck(
+        userId=userId,
+        permission=permission,
+        authorized=flag(answer, "authorized"),
+        cached=flag(answer, "cached"),
+        stale=flag(answer, "stale"),
+        responseTimeMs=watch.elapsed_ms(),
+    )
