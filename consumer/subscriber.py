@@ -47,6 +47,17 @@ class Enqueuer(Protocol):
     def preload(self, tenant: str | None, reason: str) -> None: ...
 
 
+class _CountingPubSub(redis.client.PubSub):
+    """Counts connects: redis-py reconnects and resubscribes by itself in some paths (its
+    connect callback), and a silent reconnect must be treated as the lost connection it is."""
+
+    connects = 0
+
+    def on_connect(self, connection: Any) -> None:
+        self.connects += 1
+        super().on_connect(connection)
+
+
 class ConnectionLost(Exception):
     """The pub/sub connection is dead or silent (half-open TCP): reconnect."""
 
@@ -70,6 +81,8 @@ class Subscriber:
         self._recent_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._lease_ms = int(settings.leader_lease * 1000)
         self._last_renewal = 0.0
+        self._subscribed_connects = 0
+        self._pubsub_client: redis.Redis | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -151,27 +164,32 @@ class Subscriber:
 
     # --- serving --------------------------------------------------------------------------------
 
-    def _connect(self) -> redis.client.PubSub:
+    def _connect(self) -> _CountingPubSub:
         # No silent retries: redis-py would reconnect and resubscribe behind our back, and we
         # would never know to resync what was lost meanwhile.
-        client = redis.Redis.from_url(
+        # Keep the client referenced for the life of the subscription: when it is garbage
+        # collected it closes its pool, and with it the pub/sub connection.
+        self._pubsub_client = client = redis.Redis.from_url(
             self.settings.cache_url,
             socket_timeout=self.settings.redis_socket_timeout,
             socket_connect_timeout=self.settings.redis_socket_timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
         )
-        pubsub = client.pubsub()
+        pubsub = _CountingPubSub(client.connection_pool)
         patterns = keyspace.input_patterns(self.settings.tenants)
         pubsub.psubscribe(*patterns)
-        confirmed = 0
+        confirmed, connects = 0, pubsub.connects
         deadline = time.monotonic() + self.settings.redis_socket_timeout
-        while confirmed < len(patterns):
+        while confirmed < len(patterns) or connects != pubsub.connects:
             if time.monotonic() > deadline:
                 raise ConnectionLost("psubscribe was not confirmed in time")
+            if connects != pubsub.connects:  # confirmations of an earlier connection don't count
+                confirmed, connects = 0, pubsub.connects
             message = pubsub.get_message(timeout=0.5)
             if message and message["type"] == "psubscribe":
                 confirmed += 1
+        self._subscribed_connects = pubsub.connects
         return pubsub
 
     def _serve(self) -> None:
@@ -191,6 +209,8 @@ class Subscriber:
                 if now - last_ping >= interval:
                     pubsub.ping(LIVENESS_PING)
                     last_ping = now
+                if pubsub.connects != self._subscribed_connects:
+                    raise ConnectionLost("the pub/sub connection was re-established")
                 if now - last_data > 3 * interval:
                     raise ConnectionLost(f"no data from Redis for {now - last_data:.1f}s")
                 wait = self.batcher.wait_time(now, min(interval, 0.5))
@@ -209,6 +229,8 @@ class Subscriber:
             self._flush(raise_errors=False)
             try:
                 pubsub.close()
+                if self._pubsub_client is not None:
+                    self._pubsub_client.close()
             except Exception:  # noqa: BLE001 - closing a dead connection may fail any way
                 pass
 

@@ -160,6 +160,14 @@ class SandboxWrapper:
         with self._observed:
             self.dropped[method, path] += 1
 
+    def reset(self, data: Mapping[str, Any] | None = None) -> None:
+        """Back to `data` (default: the bundled sample data): no faults, up, no stats."""
+        with self._changing:
+            self.state = SandboxState(data)
+        self.clear_faults()
+        self.set_down(False)
+        self.reset_stats()
+
     def reset_stats(self) -> None:
         """Forget recorded requests, consume calls and events (not the data)."""
         with self._observed:

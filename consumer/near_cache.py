@@ -1,0 +1,115 @@
+"""The near-cache: one tenant's critical data held in this process, and how far to trust it.
+
+Coherence is by version, not by entry. Every change the workers apply bumps ``meta.version``
+and is announced on ``crm:<t>:changes``; every Redis read of critical data returns the version
+it was read at. The cache keeps a *generation*: a new version starts a new generation, which
+invalidates every entry at once (O(1)) without deleting it. Entries of older generations stay
+as the last-known-good copy that degraded mode answers from when Redis is unreachable.
+
+Staleness bound: an entry is trusted only while the version was confirmed (by a notification,
+a background check or any read) less than ``staleness_ms`` ago. A reader that missed
+notifications (pub/sub disconnect, fork) is distrusted until it confirms again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, TypeAlias
+
+Entry: TypeAlias = tuple[Any, int, float]
+"""(value, generation, monotonic time it was read from Redis)."""
+
+EVICT_FRACTION = 10
+
+
+class NearCache:
+    """Per-tenant, per-process copy of credit costs, users' access and roles' grants.
+
+    Reads of the tables and of ``gen`` / ``trusted_until`` are lock-free (one dict lookup and two
+    comparisons on the hot path); changes to coherence state take ``lock``.
+    """
+
+    def __init__(self, staleness_ms: int, max_entries: int) -> None:
+        self.bound = staleness_ms / 1000.0
+        self.max_entries = max_entries
+        self.costs: dict[str, Entry] = {}
+        """operationCode -> (cost or None for "not configured", gen, read_at)"""
+        self.users: dict[str, Entry] = {}
+        """userId -> ((status or None, role ids or None), gen, read_at)"""
+        self.roles: dict[str, Entry] = {}
+        """roleId -> (Grants or None for "no such role", gen, read_at)"""
+        self.lock = threading.Lock()
+        self.gen = 0
+        self.version: int | None = None
+        self.ready = False
+        self.confirmed_at = 0.0
+        self.trusted_until = 0.0
+        self.adopted_at = 0.0
+
+    # --- coherence ---------------------------------------------------------------------------
+
+    def observe(self, version: int, started: float, ready: bool | None = None) -> int | None:
+        """Record ``version``, read from Redis by a call that started at ``started``.
+
+        Returns the generation under which values read by that call may be cached, or None when
+        they are older than what the cache already knows (a slower concurrent read). A version
+        lower than the known one, read after the known one was adopted, means Redis lost its
+        data (restart without persistence, flush): it is adopted as a change.
+        """
+        with self.lock:
+            known = self.version
+            if version == known:
+                pass
+            elif known is None or version > known or started > self.adopted_at:
+                self.version = version
+                self.gen += 1
+                self.adopted_at = time.monotonic()
+            else:
+                return None
+            if ready is not None:
+                self.ready = ready
+            if started > self.confirmed_at:
+                self.confirmed_at = started
+                self.trusted_until = started + self.bound
+            return self.gen
+
+    def distrust(self) -> None:
+        """Notifications may have been missed: confirm the version before the next cached answer."""
+        with self.lock:
+            self.trusted_until = 0.0
+
+    def forget_version(self) -> None:
+        """After Redis was unreachable: whatever version it reports next starts a generation."""
+        with self.lock:
+            self.version = None
+            self.trusted_until = 0.0
+
+    def needs_check(self, now: float) -> bool:
+        """Is a background version check due (half the staleness bound since confirmation)?"""
+        return now >= self.trusted_until - self.bound / 2
+
+    # --- entries -----------------------------------------------------------------------------
+
+    def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
+        if len(table) >= self.max_entries and key not in table:
+            # Bounded memory: drop the oldest tenth (dicts keep insertion order).
+            for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
+                table.pop(old, None)
+        table[key] = (value, gen, read_at)
+
+    def age_ms(self, entry: Entry, now: float) -> float:
+        """How long ago the entry was last known to be current."""
+        known_at = entry[2]
+        if entry[1] == self.gen and self.confirmed_at > known_at:
+            known_at = self.confirmed_at
+        return max(now - known_at, 0.0) * 1000.0
+
+    @property
+    def size(self) -> int:
+        return len(self.costs) + len(self.users) + len(self.roles)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's may have been held) and no trust."""
+        self.lock = threading.Lock()
+        self.trusted_until = 0.0
