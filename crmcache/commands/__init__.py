@@ -2,6 +2,6 @@
 
 from types import ModuleType
 
-from crmcache.commands import api, subscribe
+from crmcache.commands import api, flower, subscribe, up
 
-COMMANDS: tuple[ModuleType, ...] = (subscribe, api)
+COMMANDS: tuple[ModuleType, ...] = (subscribe, api, up, flower)
