@@ -1,1 +1,6 @@
 """The subscriber (Redis pub/sub -> Celery) and the read side (SmartCRMConsumer)."""
+
+from consumer.reader import SmartCRMConsumer
+from consumer.results import CreditCost, PermissionCheck, ReferenceResult
+
+__all__ = ["CreditCost", "PermissionCheck", "ReferenceResult", "SmartCRMConsumer"]

@@ -44,6 +44,7 @@ class ReadMetrics:
         self._buckets: dict[str, list[int]] = {f: [0] * BUCKETS for f in FAMILIES}
         self._sums: dict[str, int] = dict.fromkeys(FAMILIES, 0)
         self._flushed: dict[str, int] = {}
+        self._flush_lock = threading.Lock()
 
     def record(
         self,
@@ -109,20 +110,21 @@ class ReadMetrics:
 
         Raises StoreUnavailable (and keeps the increments for the next flush) when Redis fails.
         """
-        current = self.counts()
-        deltas = {k: v - self._flushed.get(k, 0) for k, v in current.items()}
-        deltas = {k: v for k, v in deltas.items() if v}
-        if not deltas:
-            return 0
-        keys = TenantKeys.of(tenant)
-        with translate_errors():
-            pipe = client.pipeline(transaction=False)
-            for name, delta in deltas.items():
-                pipe.hincrby(keys.metrics, name, delta)
-            pipe.sadd(keyspace.METRICS_TENANTS, tenant)
-            pipe.execute()
-        self._flushed = current
-        return len(deltas)
+        with self._flush_lock:
+            current = self.counts()
+            deltas = {k: v - self._flushed.get(k, 0) for k, v in current.items()}
+            deltas = {k: v for k, v in deltas.items() if v}
+            if not deltas:
+                return 0
+            keys = TenantKeys.of(tenant)
+            with translate_errors():
+                pipe = client.pipeline(transaction=False)
+                for name, delta in deltas.items():
+                    pipe.hincrby(keys.metrics, name, delta)
+                pipe.sadd(keyspace.METRICS_TENANTS, tenant)
+                pipe.execute()
+            self._flushed = current
+            return len(deltas)
 
     def reset(self) -> None:
         """Start from zero (a forked child: the parent reports its own counts)."""
@@ -131,3 +133,4 @@ class ReadMetrics:
         self._buckets = {f: [0] * BUCKETS for f in FAMILIES}
         self._sums = dict.fromkeys(FAMILIES, 0)
         self._flushed = {}
+        self._flush_lock = threading.Lock()

@@ -1,0 +1,278 @@
+"""SmartCRMConsumer: the read API of one tenant (design §6), the seed's methods in snake_case.
+
+Thread-safe; fork-safe (after ``os.fork()`` the child drops the parent's connections and
+background thread, distrusts its near-cache, and starts its own on first use). Usage::
+
+    with SmartCRMConsumer("acme") as crm:
+        crm.get_credit_cost("crm.leads.create").cost
+        crm.check_permission("user-456", "crm.leads.create").authorized
+
+What each read returns when data is missing, stale or not loaded is in the docstrings below
+and in the README.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from types import TracebackType
+from typing import Any
+
+from config.settings import Settings, get_settings
+from consumer.background import Background
+from consumer.balances import BalanceReader
+from consumer.connection import ReaderConnection
+from consumer.critical import CriticalReader
+from consumer.metrics import ReadMetrics
+from consumer.readiness import PreloadRequests
+from consumer.reference import ReferenceReader
+from consumer.results import CreditCost, PermissionCheck, ReferenceResult
+from crmcache.errors import StoreUnavailable
+from crmcache.keyspace import RefKind, TenantKeys
+from crmcache.tenancy import validate_tenant
+from crmcache.wrapper import WrapperClient
+
+logger = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[SmartCRMConsumer] = weakref.WeakSet()
+EXPIRY_KINDS = {"profile": RefKind.PROFILE, "user": RefKind.PROFILE, "hierarchy": RefKind.HIERARCHY}
+NO_TTL_KINDS = ("credits", "balance")
+
+
+def live_consumers() -> list[SmartCRMConsumer]:
+    """Every consumer of this process not shut down (what the Prometheus collector reports)."""
+    return [c for c in list(_live) if not c.closed]
+
+
+class SmartCRMConsumer:
+    """Critical reads (near-cache, Redis), reference reads (read-through), metrics, one tenant."""
+
+    def __init__(self, tenant_id: str, settings: Settings | None = None) -> None:
+        self.tenant = validate_tenant(tenant_id)
+        self.settings = settings or get_settings()
+        self.keys = TenantKeys.of(self.tenant)
+        self.closed = False
+        self._conn = ReaderConnection(self.settings)
+        self._wrapper = WrapperClient(self.settings)
+        self._metrics = ReadMetrics()
+        self._preloads = PreloadRequests(self.tenant, self.settings, self._conn)
+        self._critical = CriticalReader(
+            self.tenant, self.settings, self._conn, self._metrics, self._not_ready
+        )
+        self._reference = ReferenceReader(
+            self.tenant, self.settings, self._conn, self._wrapper, self._metrics
+        )
+        self._balances = BalanceReader(
+            self.tenant,
+            self.settings,
+            self._conn,
+            self._wrapper,
+            self._metrics,
+            self._reference.local,
+        )
+        self._background = Background.for_settings(self.settings)
+        self._started_pid = 0
+        self._next_flush = 0.0
+        self._flush_interval = self.settings.metrics_flush_interval
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def initialize(self) -> SmartCRMConsumer:
+        """Start the background thread, load the near-cache, and ask for a preload if the tenant
+        was never loaded. Redis being down is not an error here: reads answer degraded until
+        it is back. Reads work without calling this (the background starts on first use)."""
+        self._start()
+        try:
+            loaded = self._critical.warm(self.settings.near_cache_warm_max)
+        except StoreUnavailable:
+            logger.warning("tenant=%s reader starts without Redis (degraded)", self.tenant)
+            return self
+        if not self._critical.near.ready:
+            self._preloads.request()
+        logger.info("tenant=%s reader ready, %d near-cache entries", self.tenant, loaded)
+        return self
+
+    def shutdown(self) -> None:
+        """Flush metrics, stop background work, close connections. Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self._metrics.flush(self._conn.client, self.tenant)
+        except StoreUnavailable:
+            logger.info("tenant=%s final metrics flush skipped: Redis unavailable", self.tenant)
+        self._background.discard(self)
+        self._conn.close()
+        self._wrapper.close()
+
+    def __enter__(self) -> SmartCRMConsumer:
+        return self.initialize()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def _start(self) -> None:
+        pid = os.getpid()
+        if self._started_pid != pid:
+            self._started_pid = pid
+            self._background.add(self)
+        else:
+            self._background.ensure_running()
+
+    def _not_ready(self) -> None:
+        self._preloads.request()
+
+    # --- critical reads --------------------------------------------------------------------------
+
+    def get_credit_cost(self, operation: str) -> CreditCost:
+        """The cost of ``operation`` (0 is a cost). ``cost`` None: not configured (said only of
+        a ready tenant). Never loaded: a preload is requested and ``TenantNotReady`` raised,
+        unless a last-known-good copy can answer (``stale``). Redis down: the last-known-good
+        copy (``stale``, ``age_ms``), ``StaleDataTooOld`` past CRM_DEGRADED_MAX_AGE,
+        ``StoreUnavailable`` with no copy."""
+        if not self._started_pid:
+            self._start()
+        return self._critical.credit_cost(operation)
+
+    def check_permission(self, user_id: str, permission: str) -> PermissionCheck:
+        """Whether ``user_id`` may do ``permission``: the user must exist and be active and one
+        of its roles grant it (trailing wildcards match). ``reason`` says why. Not loaded and
+        Redis down: as ``get_credit_cost``."""
+        if not self._started_pid:
+            self._start()
+        return self._critical.check_permission(user_id, permission)
+
+    # --- reference reads -------------------------------------------------------------------------
+
+    def get_user_profile(self, user_id: str) -> ReferenceResult:
+        """The profile, read through (TTL CRM_PROFILE_TTL). ``found`` False: the Wrapper said
+        404 (cached CRM_NEGATIVE_TTL). Wrapper down: the last value, ``stale``, up to
+        CRM_REFERENCE_MAX_STALE past its expiry, else ``WrapperUnavailable``."""
+        self._start()
+        return self._reference.get(RefKind.PROFILE, user_id)
+
+    def get_hierarchy(self, entity_id: str) -> ReferenceResult:
+        """The hierarchy node, read through (TTL CRM_HIERARCHY_TTL); as ``get_user_profile``."""
+        self._start()
+        return self._reference.get(RefKind.HIERARCHY, entity_id)
+
+    def get_user_credits(self, user_id: str) -> ReferenceResult:
+        """The available balance (a number): ``crm:{t}:balance:<user>``, read through from the
+        Wrapper when missing and never overwritten once cached. ``expires_at`` is None."""
+        self._start()
+        return self._balances.get(user_id)
+
+    def get_cache_expiry(self, key: str) -> float | None:
+        """When the cached entry ``key`` stops being fresh, epoch seconds; None when nothing
+        fresh is cached or the entry has no TTL. ``key``: ``profile:<id>`` (or the seed's
+        ``user:<id>``), ``hierarchy:<id>``, ``credits:<id>`` (always None: no TTL)."""
+        kind, sep, entity_id = key.partition(":")
+        if not sep or not entity_id:
+            raise ValueError(f"cache key {key!r} is not <kind>:<id>")
+        if kind in NO_TTL_KINDS:
+            return None
+        if kind not in EXPIRY_KINDS:
+            raise ValueError(f"unknown cache key kind {kind!r}")
+        return self._reference.expiry(EXPIRY_KINDS[kind], entity_id)
+
+    # --- metrics ---------------------------------------------------------------------------------
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The seed's figures (criticalHitRate, referenceHitRate, overallHitRate, totalRequests,
+        cacheSize, criticalCacheSize, referenceCacheSize) plus degraded/stale counts, per-class
+        counters and latency percentiles of this process (see ``crmcache.read_metrics``)."""
+        near = self._critical.near
+        summary = self._metrics.summary()
+        critical_size, reference_size = near.size, len(self._reference.local)
+        summary.update(
+            {
+                "tenant": self.tenant,
+                "cacheSize": critical_size + reference_size,
+                "criticalCacheSize": critical_size,
+                "referenceCacheSize": reference_size,
+                "degraded": self._conn.is_down,
+                "nearCache": {
+                    "enabled": self._critical.serve_near,
+                    "version": near.version,
+                    "ready": near.ready,
+                    "trusted": time.monotonic() < near.trusted_until,
+                },
+                "preloadRequests": self._preloads.sent,
+            }
+        )
+        return summary
+
+    def flush_metrics(self) -> int:
+        """Send this process's counters to Redis now (the background does it every
+        CRM_METRICS_FLUSH_INTERVAL); returns the fields sent."""
+        return self._metrics.flush(self._conn.client, self.tenant)
+
+    def metrics_counts(self) -> dict[str, int]:
+        """The raw counters (for the Prometheus collector)."""
+        return self._metrics.counts()
+
+    # --- background work (called by consumer.background) -----------------------------------------
+
+    @property
+    def changes_channel(self) -> str:
+        return self.keys.changes_channel
+
+    def on_change(self, version: int, received: float) -> None:
+        self._critical.near.observe(version, received)
+
+    def on_disconnect(self) -> None:
+        self._critical.near.distrust()
+
+    def tick(self, now: float) -> None:
+        conn, near = self._conn, self._critical.near
+        if conn.probe_due(now):
+            if conn.probe():
+                near.forget_version()  # Redis may have restarted empty: adopt what it says
+                self._try(self._critical.check_version)
+            return
+        if conn.is_down:
+            return
+        if near.needs_check(now):
+            self._try(self._critical.check_version)
+        if now >= self._next_flush:
+            self._next_flush = now + self._flush_interval
+            self._try(self.flush_metrics)
+
+    @staticmethod
+    def _try(call: Any) -> None:
+        try:
+            call()
+        except StoreUnavailable:
+            pass  # the connection is marked down; the next tick probes
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks, no trust, own counters, own HTTP connections."""
+        self._lock = threading.Lock()
+        self._critical.near.reset_after_fork()
+        self._conn.reset_after_fork()
+        self._reference.local.reset_after_fork()
+        self._metrics.reset()
+        self._started_pid = 0
+        self._wrapper.close()  # closes only this process's copies of the parent's sockets
+        self._wrapper = WrapperClient(self.settings)
+        self._reference.wrapper = self._wrapper
+        self._balances.wrapper = self._wrapper
+
+
+def _after_fork_in_child() -> None:
+    for consumer in list(_live):
+        consumer._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

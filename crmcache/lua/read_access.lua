@@ -1,0 +1,40 @@
+-- read_access.lua: everything a permission check needs for one user, in one round trip.
+--
+-- KEYS[1]  crm:{t}:meta         hash: version, ready
+-- KEYS[2]  crm:{t}:user-status  hash: userId -> status
+-- KEYS[3]  crm:{t}:user-roles   hash: userId -> JSON list of roleIds
+-- KEYS[4]  crm:{t}:roles        hash: roleId -> JSON list of permissions
+-- ARGV[1]  userId
+--
+-- Guarantees: status, roles and permissions are read at one instant together with the
+-- version they belong to (see read_cost.lua). A role list that is not valid JSON yields no
+-- roles (the caller denies).
+-- Returns {version, ready, status or nil, roles JSON or nil, roleId1, perms1 or nil, ...};
+-- the role pairs are present only for an active user.
+
+local meta = redis.call('HMGET', KEYS[1], 'version', 'ready')
+local status = redis.call('HGET', KEYS[2], ARGV[1])
+local roles_json = redis.call('HGET', KEYS[3], ARGV[1])
+local out = {meta[1] or '0', meta[2], status, roles_json}
+if status ~= 'active' or not roles_json then
+    return out
+end
+local ok, roles = pcall(cjson.decode, roles_json)
+if not ok or type(roles) ~= 'table' then
+    return out
+end
+local ids = {}
+for _, role in ipairs(roles) do
+    if type(role) == 'string' then
+        ids[#ids + 1] = role
+    end
+end
+if #ids == 0 then
+    return out
+end
+local perms = redis.call('HMGET', KEYS[4], unpack(ids))
+for i, role in ipairs(ids) do
+    out[#out + 1] = role
+    out[#out + 1] = perms[i]
+end
+return out
