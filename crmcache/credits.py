@@ -17,6 +17,7 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -175,11 +176,14 @@ def deduct(
     request_fingerprint: str | None = None,
     lead: dict[str, Any] | None = None,
     ttl_s: int = 86_400,
+    read_through: Callable[[], Any] | None = None,
 ) -> Deduction:
     """Charge `amount` once per `idempotency_key` (see deduct_credits.lua).
 
     `lead` (a JSON object with a ``leadId``) is stored in the same step. The fingerprint
-    defaults to (user, operation, amount). Raises InsufficientCredits, IdempotencyConflict,
+    defaults to (user, operation, amount). `read_through` fills a balance that is not cached
+    (the read side's ``get_user_credits``, which shares one upstream fetch among concurrent
+    callers); by default ``load_balance``. Raises InsufficientCredits, IdempotencyConflict,
     BalanceUnknown, StoreUnavailable (fail closed) or WrapperUnavailable (balance not cached
     and the Wrapper down: fail closed too).
     """
@@ -236,7 +240,10 @@ def deduct(
         if outcome == "insufficient":
             raise InsufficientCredits(reply[1].decode(), amount_text)
         # no-balance: read it through, then try again.
-        load_balance(store, wrapper, tenant, user_id)
+        if read_through is None:
+            load_balance(store, wrapper, tenant, user_id)
+        elif getattr(read_through(), "found", True) is False:
+            raise BalanceUnknown(f"the Wrapper knows no user {user_id!r}")
     raise BalanceUnknown(f"the balance of {user_id!r} keeps disappearing from the cache")
 
 

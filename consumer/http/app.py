@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from config.settings import Settings, get_settings
 from consumer.http import routes_credits, routes_ops, routes_users
 from consumer.http.errors import install_error_handlers
+from consumer.http.limits import BodySizeLimit
 from consumer.http.metrics import MetricsMiddleware
 from consumer.http.models import MAX_BODY_BYTES
 from consumer.http.readers import ReaderFactory
@@ -47,11 +48,11 @@ def create_app(
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(routes_credits.router)
     app.include_router(routes_users.router)
     app.include_router(routes_ops.router)

@@ -60,19 +60,17 @@ def validate_credits(
             operation=operation,
             cached=flag(answer, "cached"),
         )
-    was_cached = credits.cached_balance(service.store, tenant, userId)
-    available = (
-        was_cached
-        if was_cached is not None
-        else credits.load_balance(service.store, service.wrapper, tenant, userId)
-    )
+    balance = service.readers.get(tenant).get_user_credits(userId)
+    if not getattr(balance, "found", True) or balance.value is None:
+        raise ApiError(404, "user_not_found", "no such user", userId=userId)
+    available = balance.value
     return CreditValidation(
         operation=operation,
         creditCost=cost,
         availableCredits=available,
         canAfford=available >= cost,
-        cached=flag(answer, "cached") and was_cached is not None,
-        stale=flag(answer, "stale"),
+        cached=flag(answer, "cached") and flag(balance, "cached"),
+        stale=flag(answer, "stale") or flag(balance, "stale"),
         responseTimeMs=watch.elapsed_ms(),
     )
 
@@ -164,6 +162,7 @@ def _charge_new_lead(
             request_fingerprint=request_fingerprint,
             lead=lead,
             ttl_s=service.settings.idempotency_ttl,
+            read_through=lambda: service.readers.get(tenant).get_user_credits(body.userId),
         )
     except InsufficientCredits as exc:
         service.metrics.deductions.labels(tenant, "insufficient").inc()

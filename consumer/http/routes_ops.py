@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from consumer.http.auth import Tenant
 from consumer.http.deps import Service, Stopwatch, flag
 from consumer.http.models import IDENT_PATTERN, ErrorResponse, Health, Readiness, TestCreditCheck
-from crmcache import credits
 from crmcache.errors import CrmCacheError, WrapperError
 
 router = APIRouter()
@@ -78,7 +77,7 @@ def test_credit_check(
     permission = reader.check_permission(userId, operation)
     try:
         profile = getattr(reader.get_user_profile(userId), "value", None)
-        available: Any = credits.user_balance(service.store, service.wrapper, tenant, userId)
+        available: Any = getattr(reader.get_user_credits(userId), "value", None)
     except (WrapperError, CrmCacheError):
         # An unknown user or a Wrapper outage: this diagnostic still answers what it knows.
         profile, available = None, None
