@@ -69,6 +69,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "crmcache.preload_all",
                 "schedule": settings.preload_interval,
             },
+            "publish-metrics": {
+                "task": "crmcache.publish_metrics",
+                "schedule": settings.metrics_publish_interval,
+            },
             # A killed worker's half-sent deductions and lost settle tasks: see settlement.py.
             "settle-credits-sweep": {
                 "task": "crmcache.settle_all",
