@@ -35,16 +35,21 @@ TEST_ENV = {
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str | Callable[[], str] = "",
 ) -> Any:
-    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    """Poll `condition` until it returns something truthy; fail the test after `timeout`.
+    `what` names the wait in the failure (a callable is evaluated then, e.g. to show a log)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
+            described = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout}s waiting for {described or condition}")
         time.sleep(interval)
 
 

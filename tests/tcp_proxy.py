@@ -9,16 +9,17 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target. `hold()` keeps client->server bytes of existing
-    and new connections until `release()`; `freeze()` silently drops both directions of the
-    connections open now (a half-open peer) while new connections work normally."""
+    """Forwards 127.0.0.1:<port> to a target. `hold("up")` keeps client->server bytes (a
+    command stuck in flight), `hold("down")` server->client bytes (a reply stuck in flight),
+    until `release()`; `freeze()` silently drops both directions of the connections open now
+    (a half-open peer) while new connections work normally."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.held_bytes = 0
-        self._holding = False
+        self._holding: str | None = None
         self._held: dict[socket.socket, bytearray] = {}
         self._pairs: dict[socket.socket, socket.socket] = {}
         self._frozen: set[socket.socket] = set()
@@ -36,20 +37,21 @@ class TcpProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def hold(self) -> None:
+    def hold(self, direction: str = "up") -> None:
+        assert direction in ("up", "down")
         with self._lock:
-            self._holding = True
+            self._holding = direction
 
     def release(self) -> None:
         """Stop holding and forward what was held on connections that are still open."""
         with self._lock:
-            self._holding = False
+            self._holding = None
             held, self._held = self._held, {}
-        for client, data in held.items():
-            upstream = self._pairs.get(client)
-            if upstream is not None:
+        for source, data in held.items():
+            peer = self._pairs.get(source)
+            if peer is not None:
                 try:
-                    upstream.sendall(data)
+                    peer.sendall(data)
                 except OSError:
                     pass
 
@@ -102,7 +104,8 @@ class TcpProxy:
         with self._lock:
             if sock in self._frozen:
                 return
-            if self._holding and sock in self._clients:
+            from_client = sock in self._clients
+            if self._holding == ("up" if from_client else "down"):
                 self._held.setdefault(sock, bytearray()).extend(data)
                 self.held_bytes += len(data)
                 return
