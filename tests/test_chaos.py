@@ -3,6 +3,7 @@ Redis, a half-open TCP connection, a worker killed mid-batch, a dead active subs
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -27,6 +28,12 @@ from tests.processes import Proc, child_pids, running, subscriber_args, worker_a
 from tests.tcp_proxy import TcpProxy
 
 ACME = TenantKeys.of("acme")
+
+
+def cost_json(op: str, value: float) -> str:
+    return json.dumps(
+        {"eventType": "credit-config-changed", "data": {"operationCode": op, "newValue": value}}
+    )
 
 
 def cost(r: redis.Redis, keys: TenantKeys, op: str) -> bytes | None:
@@ -60,9 +67,7 @@ def test_half_open_connection_is_detected_and_replaced(
         # Then the subscriber notices the silence and subscribes again over a new connection
         wait_until(lambda: sub.stats["subscribes"] >= 2, timeout=15, what="resubscription")
         keys = TenantKeys.of("halfopen")
-        body = (
-            '{"eventType": "credit-config-changed", "data": {"operationCode": "x", "newValue": 3}}'
-        )
+        body = cost_json("x", 3)
         wait_until(lambda: r.publish(keys.channel("credit-configs"), body) == 1, what="listening")
         wait_until(lambda: cost(r, keys, "x") == b"3", what="event after the reconnect")
     finally:
@@ -149,9 +154,7 @@ def test_worker_killed_mid_batch_gets_it_again_and_applies_it_once(
             warm = stamped_bodies(
                 "warm",
                 1,
-                [
-                    '{"eventType": "credit-config-changed", "data": {"operationCode": "w", "newValue": 1}}'
-                ],
+                [cost_json("w", 1)],
             )
             app.send_task("crmcache.apply_events", args=("warm", warm), queue=EVENTS_QUEUE)
             wait_until(
@@ -168,7 +171,7 @@ def test_worker_killed_mid_batch_gets_it_again_and_applies_it_once(
                 1,
                 [
                     '{"eventType": "user-credits-changed", "data": {"userId": "u1", "delta": 5}}',
-                    '{"eventType": "credit-config-changed", "data": {"operationCode": "c", "newValue": 2}}',
+                    cost_json("c", 2),
                 ],
             )
             task_id = app.send_task(
@@ -224,7 +227,7 @@ def test_standby_takes_over_within_five_seconds_when_the_active_one_dies(
             # Then the standby leads within 5 s and events flow through it
             wait_until(lambda: leader_pid(r) == standby.pid, timeout=5, what="takeover")
             keys = TenantKeys.of("takeover")
-            body = '{"eventType": "credit-config-changed", "data": {"operationCode": "t", "newValue": 4}}'
+            body = cost_json("t", 4)
             wait_until(
                 lambda: r.publish(keys.channel("credit-configs"), body) == 1,
                 timeout=5,
