@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -18,17 +17,7 @@ from consumer.http import create_app
 from crmcache.preload import preload_tenant
 from crmcache.redis_server import free_port
 from crmcache.wrapper import WrapperClient
-
-ACME_KEY = "acme-secret-key"
-GLOBEX_KEY = "globex-secret-key"
-ACME = {"X-API-Key": ACME_KEY}
-GLOBEX = {"Authorization": f"Bearer {GLOBEX_KEY}"}
-# globex's key is configured as a digest only: production configuration holds no plain secret.
-API_KEYS = f"acme:{ACME_KEY},globex:sha256:{hashlib.sha256(GLOBEX_KEY.encode()).hexdigest()}"
-
-
-def lead_body(user: str = "user-456", name: str = "Jane Prospect", **extra: Any) -> dict[str, Any]:
-    return {"userId": user, "leadData": {"name": name, "email": "jane@example.com", **extra}}
+from tests.api_support import API_KEYS
 
 
 @pytest.fixture

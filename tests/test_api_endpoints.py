@@ -9,17 +9,10 @@ import redis
 from httpx import Client
 
 from crmcache.keyspace import TenantKeys
-from tests.api_fixtures import (  # noqa: F401  (fixtures)
-    ACME,
-    GLOBEX,
-    api,
-    api_settings,
-    lead_body,
-    make_app,
-    preload,
-    serve,
-)
+from tests.api_support import ACME, GLOBEX, lead_body
 from tests.conftest import wait_until
+
+pytest_plugins = ("tests.api_fixtures",)
 
 KEYS = TenantKeys.of("acme")
 
