@@ -2,6 +2,26 @@
 
 from types import ModuleType
 
-from crmcache.commands import api, flower, subscribe, up
+from crmcache.commands import (
+    api,
+    dlq,
+    flower,
+    inspect_tenant,
+    preload,
+    publish,
+    status,
+    subscribe,
+    up,
+)
 
-COMMANDS: tuple[ModuleType, ...] = (subscribe, api, up, flower)
+COMMANDS: tuple[ModuleType, ...] = (
+    subscribe,
+    api,
+    up,
+    status,
+    preload,
+    dlq,
+    publish,
+    inspect_tenant,
+    flower,
+)

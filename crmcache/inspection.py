@@ -1,0 +1,220 @@
+"""Read-only views of the cache for operators: ``crmcache status`` and ``crmcache inspect``.
+
+Every key name comes from ``keyspace``. Each function returns plain JSON-ready data; the
+commands render it as tables or print it as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from config.settings import Settings
+from crmcache import keyspace
+from crmcache.keyspace import DATA_CLASSES, RefKind, TenantKeys
+
+HIT_RATE_FIELDS = ("criticalHitRate", "referenceHitRate", "overallHitRate", "totalRequests")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any) -> int | None:
+    try:
+        return int(float(_text(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_value(raw: Any) -> Any:
+    """A cached value as JSON when it is JSON (costs, permission lists), else as text."""
+    text = _text(raw)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def known_tenants(client: redis.Redis, settings: Settings) -> list[str]:
+    """CRM_TENANTS, else every tenant that has a meta hash in the cache."""
+    if settings.tenants:
+        return list(settings.tenants)
+    found = set()
+    for key in client.scan_iter(match=keyspace.TENANT_META_PATTERN, count=1000):
+        tenant = keyspace.tenant_of_meta_key(_text(key))
+        if tenant:
+            found.add(tenant)
+    return sorted(found)
+
+
+def tenant_status(client: redis.Redis, tenant: str) -> dict[str, Any]:
+    """Readiness, entries per data class, last event/preload times, hit rates (if published)."""
+    keys = TenantKeys.of(tenant)
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.meta)
+    for data_class in DATA_CLASSES:
+        pipe.hlen(keys.values(data_class))
+    pipe.get(keys.metrics_snapshot)
+    meta_raw, *counts, snapshot_raw = pipe.execute()
+    meta = {_text(k): _text(v) for k, v in meta_raw.items()}
+    return {
+        "tenant": tenant,
+        "ready": meta.get("ready") == "1",
+        "version": _number(meta.get("version")),
+        "entries": {dc.value: int(n) for dc, n in zip(DATA_CLASSES, counts, strict=True)},
+        "lastEventMs": _number(meta.get("last-event-ms")),
+        "lastPreloadMs": _number(meta.get("last-preload-ms")),
+        "hitRates": _hit_rates(snapshot_raw),
+    }
+
+
+def _hit_rates(raw: Any) -> dict[str, Any] | None:
+    """Hit rates from publish_metrics' last snapshot: over its window and since counting began."""
+    if raw is None:
+        return None
+    try:
+        snapshot = json.loads(_text(raw))
+    except ValueError:
+        return None
+    if not isinstance(snapshot, dict):
+        return None
+    rates: dict[str, Any] = {}
+    for part in ("window", "totals"):
+        summary = snapshot.get(part)
+        if isinstance(summary, dict):
+            rates[part] = {name: summary.get(name) for name in HIT_RATE_FIELDS}
+    if not rates:  # a flat snapshot: the rates at top level
+        rates["totals"] = {name: snapshot.get(name) for name in HIT_RATE_FIELDS}
+    rates["atMs"] = snapshot.get("atMs")
+    rates["threshold"] = snapshot.get("threshold")
+    return rates
+
+
+def dead_letter_summary(client: redis.Redis) -> dict[str, int]:
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(keyspace.DEAD_LETTERS)
+    pipe.get(keyspace.DEAD_LETTER_COUNT)
+    pending, total = pipe.execute()
+    return {"stored": int(pending), "total": _number(total) or 0}
+
+
+def active_subscriber(client: redis.Redis) -> dict[str, Any]:
+    holder = client.get(keyspace.LEADER)
+    ttl_ms = client.pttl(keyspace.LEADER) if holder else None
+    return {"active": _text(holder) if holder else None, "leaseTtlMs": ttl_ms}
+
+
+def worker_names(settings: Settings, timeout: float) -> list[str] | None:
+    """Celery workers that answer a ping within `timeout`; None when the broker is unreachable."""
+    from celery import Celery
+
+    from config.celery import celery_config
+
+    app = Celery("crmcache-status")
+    app.conf.update(celery_config(settings))
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.broker_connection_max_retries = 0
+    try:
+        replies = app.control.inspect(timeout=timeout).ping() or {}
+    except Exception:  # kombu raises many kinds of connection errors
+        return None
+    finally:
+        app.close()
+    return sorted(replies)
+
+
+def stack_status(
+    client: redis.Redis, settings: Settings, tenants: list[str], ping_timeout: float
+) -> dict[str, Any]:
+    workers = worker_names(settings, ping_timeout) if ping_timeout > 0 else None
+    return {
+        "tenants": [tenant_status(client, t) for t in tenants],
+        "deadLetters": dead_letter_summary(client),
+        "subscriber": active_subscriber(client),
+        "workers": {"count": len(workers) if workers is not None else None, "names": workers},
+    }
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, Any]:
+    """Everything cached for `tenant`: critical data with stamps and tombstones, metadata,
+    reference entries with their TTLs, balances, and credit bookkeeping counts."""
+    keys = TenantKeys.of(tenant)
+    meta = {_text(k): _text(v) for k, v in client.hgetall(keys.meta).items()}
+    classes = {dc.value: _class_contents(client, keys, dc, limit) for dc in DATA_CLASSES}
+    for name, contents in classes.items():
+        # Fields without a stamp were written by a snapshot at or below this sequence.
+        contents["floor"] = _number(meta.get(f"floor:{name}"))
+    refs = {kind.value: _refs(client, keys, kind, limit) for kind in RefKind}
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.seq)
+    pipe.zcard(keys.event_ids)
+    pipe.hlen(keys.leads)
+    pipe.xlen(keys.credit_outbox)
+    seq, event_ids, leads, outbox = pipe.execute()
+    return {
+        "tenant": tenant,
+        "ready": meta.get("ready") == "1",
+        "meta": meta,
+        "sequence": _number(seq),
+        "rememberedEventIds": int(event_ids),
+        "classes": classes,
+        "references": refs,
+        "balances": _balances(client, keys, limit),
+        "leads": int(leads),
+        "creditOutbox": int(outbox),
+    }
+
+
+def _class_contents(
+    client: redis.Redis, keys: TenantKeys, data_class: keyspace.DataClass, limit: int
+) -> dict[str, Any]:
+    values = {_text(k): v for k, v in client.hgetall(keys.values(data_class)).items()}
+    stamps = {_text(k): _text(v) for k, v in client.hgetall(keys.stamps(data_class)).items()}
+    entries = [
+        {"field": name, "value": decode_value(values[name]), "stamp": stamps.get(name)}
+        for name in sorted(values)[:limit]
+    ]
+    tombstones = sorted(name for name in stamps if name not in values)
+    return {
+        "count": len(values),
+        "entries": entries,
+        "tombstones": len(tombstones),
+        "tombstoneEntries": [{"field": n, "stamp": stamps[n]} for n in tombstones[:limit]],
+    }
+
+
+def _refs(client: redis.Redis, keys: TenantKeys, kind: RefKind, limit: int) -> list[Any]:
+    pattern = keys.ref_pattern(kind)
+    prefix = pattern[:-1]
+    found = []
+    for key in client.scan_iter(match=pattern, count=500):
+        found.append(_text(key))
+        if len(found) >= limit:
+            break
+    entries = []
+    for key in sorted(found):
+        kind_of = _text(client.type(key))
+        if kind_of == "hash":
+            raw = {_text(k): v for k, v in client.hgetall(key).items()}
+            body: Any = {k: decode_value(v) for k, v in raw.items()}
+        else:
+            body = decode_value(client.get(key) or b"")
+        entries.append({"id": key[len(prefix) :], "ttlMs": client.pttl(key), "entry": body})
+    return entries
+
+
+def _balances(client: redis.Redis, keys: TenantKeys, limit: int) -> dict[str, str]:
+    prefix = keys.balance_pattern[:-1]
+    balances: dict[str, str] = {}
+    for key in client.scan_iter(match=keys.balance_pattern, count=500):
+        name = _text(key)
+        balances[name[len(prefix) :]] = _text(client.get(name) or b"")
+        if len(balances) >= limit:
+            break
+    return dict(sorted(balances.items()))
