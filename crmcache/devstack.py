@@ -207,6 +207,7 @@ class DevStack:
             [sys.executable, "-m", "crmcache.run_sandbox", "--port", port],
             url=url,
             note="development Wrapper; change data with /_admin/... (publishes events)",
+            stop_stage=2,  # last: the worker's last tasks may still call the Wrapper
             ready=lambda: http_ok(f"{url}/api/tenants", headers=headers),
         )
 
@@ -226,6 +227,7 @@ class DevStack:
                 "--without-mingle",
             ),
             note="Celery worker, 2 processes, every queue",
+            stop_stage=1,  # after what sends it tasks; it finishes what it holds
             ready=self._worker_answers,
         )
 

@@ -1,7 +1,7 @@
 """A small process supervisor: start parts, prefix their output, notice deaths, stop them all.
 
 Each part runs in its own session (its own process group) so that a terminal's Ctrl-C reaches
-only the supervisor, which then stops the parts in order: SIGTERM to each part's main process
+only the supervisor, which then stops the parts in stages: SIGTERM to each part's main process
 (Celery finishes its running tasks and stops its pool), SIGTERM to whatever is left of its
 process group, SIGKILL to the group after the grace period. On Linux each main process also
 gets SIGTERM should the supervisor itself die (``PR_SET_PDEATHSIG``).
@@ -47,6 +47,9 @@ class Part:
     url: str = ""
     note: str = ""
     ready: Callable[[], bool] | None = None
+    stop_stage: int = 0
+    """Parts stop in stages, lowest first: what others depend on (the broker's consumers, the
+    Wrapper) stops after what depends on it."""
     process: subprocess.Popen[bytes] | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
     reader: threading.Thread | None = None
@@ -184,8 +187,14 @@ class Supervisor:
         self.stop_requested.set()
 
     def stop(self) -> list[str]:
-        """Stop every part (newest first); returns the names of parts that needed SIGKILL."""
-        running = [p for p in reversed(self.parts) if p.process is not None]
+        """Stop every part, stage by stage; returns the names of parts that needed SIGKILL."""
+        killed: list[str] = []
+        for stage in sorted({p.stop_stage for p in self.parts}):
+            running = [p for p in self.parts if p.process is not None and p.stop_stage == stage]
+            killed += self._stop_parts(running)
+        return killed
+
+    def _stop_parts(self, running: list[Part]) -> list[str]:
         for part in running:
             if part.exit_code() is None:
                 _signal_pid(part, signal.SIGTERM)
