@@ -1,0 +1,23 @@
+# The crmcache application image: one image, a different command per service (docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin crmcache
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY crmcache ./crmcache
+COPY tasks ./tasks
+COPY consumer ./consumer
+COPY config ./config
+COPY sandbox ./sandbox
+RUN pip install . && rm -rf /src
+
+USER crmcache
+WORKDIR /home/crmcache
+EXPOSE 8080 5555 8081
+CMD ["crmcache", "--help"]
