@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,12 @@ logger = logging.getLogger(__name__)
 COSTS, PERMISSIONS = "credit-costs", "permissions"
 _perf_ns = time.perf_counter_ns
 _monotonic = time.monotonic
+
+
+def _new_epoch() -> str:
+    """A candidate for meta.epoch, stored by the first read that finds none (read_cost.lua).
+    Fresh for every call: after Redis lost the data, nobody may re-create the old epoch."""
+    return secrets.token_hex(8)
 
 
 def parse_cost(raw: bytes) -> Number | None:
@@ -122,13 +129,13 @@ class CriticalReader:
         read_at = _monotonic()
         script = self.conn.script("read_cost")
         try:
-            version, ready_raw, raw = self.conn.run(
-                lambda: script(keys=self._cost_keys, args=[operation])
+            version, ready_raw, epoch, raw = self.conn.run(
+                lambda: script(keys=self._cost_keys, args=[operation, _new_epoch()])
             )
         except StoreUnavailable:
             return self._cost_last_known(operation, start, degraded=True)
         ready = ready_raw == b"1"
-        gen = self.near.observe(int(version), read_at, ready)
+        gen = self.near.observe(epoch, int(version), read_at, ready)
         cost = parse_cost(raw) if raw is not None else None
         if raw is None and not ready:
             self.on_not_ready()
@@ -196,12 +203,14 @@ class CriticalReader:
         read_at = _monotonic()
         script = self.conn.script("read_access")
         try:
-            reply: list[Any] = self.conn.run(lambda: script(keys=self._access_keys, args=[user_id]))
+            reply: list[Any] = self.conn.run(
+                lambda: script(keys=self._access_keys, args=[user_id, _new_epoch()])
+            )
         except StoreUnavailable:
             return self._check_last_known(user_id, permission, start, degraded=True)
-        version, ready_raw, status_raw, roles_raw, *pairs = reply
+        version, ready_raw, epoch, status_raw, roles_raw, *pairs = reply
         ready = ready_raw == b"1"
-        gen = self.near.observe(int(version), read_at, ready)
+        gen = self.near.observe(epoch, int(version), read_at, ready)
         status = status_raw.decode() if status_raw is not None else None
         role_ids = parse_role_ids(roles_raw)
         grants = {pairs[i].decode(): parse_grants(pairs[i + 1]) for i in range(0, len(pairs), 2)}
@@ -303,13 +312,14 @@ class CriticalReader:
 
         def load() -> list[Any]:
             pipe = self.conn.client.pipeline(transaction=True)
-            pipe.hmget(k.meta, "version", "ready")
+            pipe.hsetnx(k.meta, "epoch", _new_epoch())
+            pipe.hmget(k.meta, "version", "ready", "epoch")
             for data_class in small:
                 pipe.hgetall(k.values(data_class))
             return pipe.execute()
 
-        (version, ready_raw), *tables = self.conn.run(load)
-        gen = self.near.observe(int(version or 0), read_at, ready_raw == b"1")
+        _, (version, ready_raw, epoch), *tables = self.conn.run(load)
+        gen = self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")
         if gen is None or ready_raw != b"1":
             return 0
         loaded = dict(zip(small, tables, strict=True))
@@ -332,9 +342,14 @@ class CriticalReader:
         return count
 
     def check_version(self) -> None:
-        """Confirm (or advance) the near-cache's version: one HMGET."""
+        """Confirm (or advance) the near-cache's epoch and version: one round trip."""
         read_at = _monotonic()
-        version, ready_raw = self.conn.run(
-            lambda: self.conn.client.hmget(self.keys.meta, "version", "ready")
-        )
-        self.near.observe(int(version or 0), read_at, ready_raw == b"1")
+
+        def read() -> list[Any]:
+            pipe = self.conn.client.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.meta, "epoch", _new_epoch())
+            pipe.hmget(self.keys.meta, "version", "ready", "epoch")
+            return pipe.execute()
+
+        _, (version, ready_raw, epoch) = self.conn.run(read)
+        self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")

@@ -14,7 +14,6 @@ notifications (pub/sub disconnect, fork) is distrusted until it confirms again.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, TypeAlias
 
 Entry: TypeAlias = tuple[Any, int, float]
@@ -42,30 +41,31 @@ class NearCache:
         self.lock = threading.Lock()
         self.gen = 0
         self.version: int | None = None
+        self.epoch: bytes | None = None
         self.ready = False
         self.confirmed_at = 0.0
         self.trusted_until = 0.0
-        self.adopted_at = 0.0
 
     # --- coherence ---------------------------------------------------------------------------
 
-    def observe(self, version: int, started: float, ready: bool | None = None) -> int | None:
-        """Record ``version``, read from Redis by a call that started at ``started``.
+    def observe(
+        self, epoch: bytes, version: int, started: float, ready: bool | None = None
+    ) -> int | None:
+        """Record (``epoch``, ``version``), read from Redis by a call that started at
+        ``started``, and confirm the cache up to then.
 
         Returns the generation under which values read by that call may be cached, or None when
-        they are older than what the cache already knows (a slower concurrent read). A version
-        lower than the known one, read after the known one was adopted, means Redis lost its
-        data (restart without persistence, flush): it is adopted as a change.
+        they are older than what the cache already knows (a slower concurrent read). A new epoch
+        (Redis lost its data: versions restarted) or a higher version starts a generation.
         """
         with self.lock:
-            known = self.version
-            if version == known:
-                pass
-            elif known is None or version > known or started > self.adopted_at:
+            if epoch != self.epoch and self.epoch is not None and started < self.confirmed_at:
+                return None  # a slower read from before the epoch we already confirmed
+            if epoch != self.epoch or self.version is None or version > self.version:
+                self.epoch = epoch
                 self.version = version
                 self.gen += 1
-                self.adopted_at = time.monotonic()
-            else:
+            elif version < self.version:
                 return None
             if ready is not None:
                 self.ready = ready
@@ -74,15 +74,24 @@ class NearCache:
                 self.trusted_until = started + self.bound
             return self.gen
 
+    def notify(self, version: int) -> None:
+        """A change notification: a higher version starts a generation. It never confirms (a
+        notification does not name the epoch; only reads and version checks confirm)."""
+        with self.lock:
+            if self.version is not None and version > self.version:
+                self.version = version
+                self.gen += 1
+
     def distrust(self) -> None:
         """Notifications may have been missed: confirm the version before the next cached answer."""
         with self.lock:
             self.trusted_until = 0.0
 
     def forget_version(self) -> None:
-        """After Redis was unreachable: whatever version it reports next starts a generation."""
+        """After Redis was unreachable: whatever it reports next starts a generation."""
         with self.lock:
             self.version = None
+            self.epoch = None
             self.trusted_until = 0.0
 
     def needs_check(self, now: float) -> bool:

@@ -209,6 +209,7 @@ class SmartCRMConsumer:
                     "trusted": time.monotonic() < near.trusted_until,
                 },
                 "preloadRequests": self._preloads.sent,
+                "wrapperBreaker": self._wrapper.breaker_state(self.tenant),
             }
         )
         return summary
@@ -229,7 +230,7 @@ class SmartCRMConsumer:
         return self.keys.changes_channel
 
     def on_change(self, version: int, received: float) -> None:
-        self._critical.near.observe(version, received)
+        self._critical.near.notify(version)
 
     def on_disconnect(self) -> None:
         self._critical.near.distrust()

@@ -1,21 +1,27 @@
 -- read_access.lua: everything a permission check needs for one user, in one round trip.
 --
--- KEYS[1]  crm:{t}:meta         hash: version, ready
+-- KEYS[1]  crm:{t}:meta         hash: version, ready, epoch
 -- KEYS[2]  crm:{t}:user-status  hash: userId -> status
 -- KEYS[3]  crm:{t}:user-roles   hash: userId -> JSON list of roleIds
 -- KEYS[4]  crm:{t}:roles        hash: roleId -> JSON list of permissions
 -- ARGV[1]  userId
+-- ARGV[2]  a random epoch, stored if meta has none yet (see read_cost.lua)
 --
 -- Guarantees: status, roles and permissions are read at one instant together with the
--- version they belong to (see read_cost.lua). A role list that is not valid JSON yields no
--- roles (the caller denies).
--- Returns {version, ready, status or nil, roles JSON or nil, roleId1, perms1 or nil, ...};
+-- (epoch, version) they belong to (see read_cost.lua). A role list that is not valid JSON
+-- yields no roles (the caller denies).
+-- Returns {version, ready, epoch, status or nil, roles JSON or nil, roleId1, perms1, ...};
 -- the role pairs are present only for an active user.
 
-local meta = redis.call('HMGET', KEYS[1], 'version', 'ready')
+local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
+local epoch = meta[3]
+if not epoch then
+    epoch = ARGV[2]
+    redis.call('HSETNX', KEYS[1], 'epoch', epoch)
+end
 local status = redis.call('HGET', KEYS[2], ARGV[1])
 local roles_json = redis.call('HGET', KEYS[3], ARGV[1])
-local out = {meta[1] or '0', meta[2], status, roles_json}
+local out = {meta[1] or '0', meta[2], epoch, status, roles_json}
 if status ~= 'active' or not roles_json then
     return out
 end

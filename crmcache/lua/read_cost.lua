@@ -1,13 +1,20 @@
 -- read_cost.lua: one operation's credit cost, with the tenant's readiness and version.
 --
--- KEYS[1]  crm:{t}:meta          hash: version, ready
+-- KEYS[1]  crm:{t}:meta          hash: version, ready, epoch
 -- KEYS[2]  crm:{t}:credit-costs  hash: operationCode -> cost (JSON number text)
 -- ARGV[1]  operationCode
+-- ARGV[2]  a random epoch, stored if meta has none yet
 --
--- Guarantees: the cost and the version are read at the same instant, so a reader that caches
--- the cost under that version drops it on any later change (every applied change bumps
--- meta.version). A missing cost means "not configured" only when ready is "1".
--- Returns {version, ready ("1" or nil), cost or nil}.
+-- Guarantees: the cost and the (epoch, version) are read at the same instant, so a reader
+-- that caches the cost under them drops it on any later change (every applied change bumps
+-- meta.version; data lost by Redis takes the epoch with it). A missing cost means "not
+-- configured" only when ready is "1".
+-- Returns {version, ready ("1" or nil), epoch, cost or nil}.
 
-local meta = redis.call('HMGET', KEYS[1], 'version', 'ready')
-return {meta[1] or '0', meta[2], redis.call('HGET', KEYS[2], ARGV[1])}
+local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
+local epoch = meta[3]
+if not epoch then
+    epoch = ARGV[2]
+    redis.call('HSETNX', KEYS[1], 'epoch', epoch)
+end
+return {meta[1] or '0', meta[2], epoch, redis.call('HGET', KEYS[2], ARGV[1])}

@@ -1,0 +1,170 @@
+"""The near-cache: coherent with Redis through the workers' change notifications, with a hard
+staleness bound, and one Redis round trip per miss."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from crmcache.events import Event
+from crmcache.keyspace import DataClass, TenantKeys
+from tests.conftest import wait_until
+from tests.reader_helpers import command_calls, preload, private_redis, reader
+
+KEYS = TenantKeys.of("acme")
+
+
+def test_role_changed_by_an_event_changes_the_answer_within_the_staleness_bound(
+    store: Any, wrapper: Any, settings: Any, subscriber: Any, r: redis.Redis
+) -> None:
+    # Given a reader whose near-cache holds user-456's access (sales may create leads)
+    preload(store, settings)
+    with reader(settings, near_cache_staleness_ms=1000) as crm:
+        crm.initialize()
+        assert crm.check_permission("user-456", "crm.leads.create").authorized
+        assert crm.check_permission("user-456", "crm.leads.create").source == "near-cache"
+        # When the Wrapper changes the sales role (event -> subscriber -> worker -> Redis)
+        wrapper.set_role("acme", "sales", ["crm.contacts.view"])
+        wait_until(
+            lambda: b"crm.leads" not in (r.hget(KEYS.values(DataClass.ROLES), "sales") or b""),
+            what="the worker applying role-changed",
+        )
+        applied = time.monotonic()
+        # Then the reader's answer changes within the bound (here: at the notification)
+        wait_until(
+            lambda: not crm.check_permission("user-456", "crm.leads.create").authorized,
+            timeout=1.0,
+            interval=0.005,
+            what="the near-cache dropping the old role",
+        )
+        assert time.monotonic() - applied < 1.0
+
+
+def test_a_missed_notification_is_caught_by_the_version_check_within_the_bound(
+    store: Any, wrapper: Any, settings: Any, r: redis.Redis
+) -> None:
+    # Given a reader trusting its near-cache, with a 300 ms staleness bound
+    preload(store, settings)
+    with reader(settings, near_cache_staleness_ms=300) as crm:
+        crm.initialize()
+        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+        # When Redis changes without any notification (a PUBLISH lost on the way)
+        r.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "7")
+        r.hincrby(KEYS.meta, "version", 1)
+        changed = time.monotonic()
+        # Then the reader answers the new cost within the bound, without being told
+        wait_until(
+            lambda: crm.get_credit_cost("crm.leads.create").cost == 7,
+            timeout=1.0,
+            interval=0.005,
+            what="the new cost",
+        )
+        assert time.monotonic() - changed < 0.3 + 0.1  # bound + one background tick
+
+
+def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
+    wrapper: Any, settings: Any
+) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        # Given a reader with a long staleness bound and a trusted near-cache
+        preload(own_store, own_settings)
+        with reader(own_settings, near_cache_staleness_ms=60_000) as crm:
+            crm.initialize()
+            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+            # When a change's notification is lost (applied without PUBLISH) and the reader
+            # learns that its pub/sub connection was lost
+            own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
+            own_store.redis.hincrby(KEYS.meta, "version", 1)
+            assert crm.get_credit_cost("crm.leads.create").cost == 1  # trusted, not yet known
+            own_store.redis.client_kill_filter(_type="pubsub")
+            # Then it does not trust the copy it could not keep coherent: it sees the change
+            # long before its 60 s bound
+            wait_until(
+                lambda: crm.get_credit_cost("crm.leads.create").cost == 9,
+                timeout=3.0,
+                what="revalidation after the lost connection",
+            )
+
+
+def test_a_near_cache_miss_costs_one_round_trip_and_a_hit_none(wrapper: Any, settings: Any) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        preload(own_store, own_settings)
+        with reader(own_settings) as crm:
+            crm.check_permission("user-123", "x")  # the first call ever also loads the script
+            before = {c: command_calls(own_store.redis, c) for c in ("evalsha", "hget", "get")}
+            # When a user's permission is checked 20 times (one miss, then hits)
+            for _ in range(20):
+                assert crm.check_permission("user-456", "crm.leads.create").authorized
+            after = {c: command_calls(own_store.redis, c) for c in ("evalsha", "hget", "get")}
+            # Then Redis ran exactly one script call (whose two HGETs count as calls too)
+            assert after["evalsha"] - before["evalsha"] == 1
+            assert after["hget"] - before["hget"] == 2 and after["get"] == before["get"]
+
+
+def test_near_cache_off_asks_redis_every_time(wrapper: Any, settings: Any) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        preload(own_store, own_settings)
+        with reader(own_settings, near_cache=False) as crm:
+            crm.get_credit_cost("crm.leads.create")  # the first call ever also loads the script
+            before = command_calls(own_store.redis, "evalsha")
+            # When a cost is read 10 times with the near-cache off
+            answers = [crm.get_credit_cost("crm.reports.export") for _ in range(10)]
+            # Then every answer came from Redis in one script call each
+            assert {a.source for a in answers} == {"redis"}
+            assert {a.cost for a in answers} == {5}
+            assert command_calls(own_store.redis, "evalsha") - before == 10
+
+
+def test_redis_losing_its_data_starts_a_new_generation(
+    store: Any, wrapper: Any, settings: Any, r: redis.Redis
+) -> None:
+    # Given a reader that has seen version N of acme
+    preload(store, settings)
+    with reader(settings) as crm:
+        crm.initialize()
+        assert crm.get_credit_cost("crm.leads.create").cost == 1
+        # When Redis loses everything and is loaded again with a lower version and other data
+        r.flushdb()
+        wrapper.set_credit_cost("acme", "crm.leads.create", 3, publish=False)
+        preload(store, settings)
+        assert (
+            r.hget(KEYS.meta, "version") == str(crm.get_metrics()["nearCache"]["version"]).encode()
+        )
+        # Then the reader does not keep the old generation: it answers the new cost
+        wait_until(
+            lambda: crm.get_credit_cost("crm.leads.create").cost == 3,
+            timeout=3.0,
+            what="the reloaded cost",
+        )
+
+
+def test_an_applied_event_reaches_the_reader_through_the_store(
+    store: Any, wrapper: Any, settings: Any
+) -> None:
+    # Given a reader with a warm near-cache
+    preload(store, settings)
+    with reader(settings, near_cache_staleness_ms=60_000) as crm:
+        crm.initialize()
+        assert crm.get_credit_cost("crm.contacts.view").cost == 0
+        # When the write side applies credit-config-changed (which PUBLISHes the new version)
+        seq = int(store.redis.incr(KEYS.seq))
+        store.apply_events(
+            "acme",
+            [
+                Event(
+                    tenant="acme",
+                    stream="credit-configs",
+                    event_type="credit-config-changed",
+                    data={"operationCode": "crm.contacts.view", "newValue": 2},
+                    seq=seq,
+                )
+            ],
+        )
+        # Then the notification alone (the bound is 60 s) makes the reader answer the new cost
+        wait_until(
+            lambda: crm.get_credit_cost("crm.contacts.view").cost == 2,
+            timeout=2.0,
+            what="the notified change",
+        )
