@@ -332,7 +332,8 @@ class DevStack:
                     "name": "redis",
                     "pid": self.redis_server.process.pid,
                     "url": self.info.redis_url,
-                    "note": "embedded, nothing on disk, maxmemory 256mb noeviction",
+                    "note": f"embedded {Path(self.redis_server.binary).name}, nothing on disk, "
+                    "maxmemory 256mb noeviction",
                 }
             )
         for part in self.supervisor.parts:
