@@ -38,9 +38,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        await service.start()
         try:
             yield
         finally:
+            await service.stop()
             await anyio.to_thread.run_sync(service.close)
 
     app = FastAPI(

@@ -6,7 +6,9 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
 
+from consumer.http import fastpath
 from consumer.http.auth import Tenant
 from consumer.http.deps import Service, Stopwatch, flag
 from consumer.http.errors import ApiError
@@ -17,6 +19,7 @@ from consumer.http.models import (
     ErrorResponse,
     LeadCreated,
 )
+from consumer.http.service import ApiService
 from crmcache import credits
 from crmcache.errors import InsufficientCredits
 
@@ -44,14 +47,16 @@ def _cost(service: Any, tenant: str, operation: str) -> tuple[Any, Any]:
     responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown operation/user"}},
     summary="Can the user afford the operation?",
 )
-def validate_credits(
+async def validate_credits(
     tenant: Tenant,
     service: Service,
     operation: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
     userId: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
 ) -> CreditValidation:
     watch = Stopwatch()
-    cost, answer = _cost(service, tenant, operation)
+    reader = await fastpath.reader_for(service.readers, tenant)
+    answer = await fastpath.credit_cost(reader, operation)
+    cost = answer.cost
     if cost is None:
         raise ApiError(
             404,
@@ -60,19 +65,30 @@ def validate_credits(
             operation=operation,
             cached=flag(answer, "cached"),
         )
-    balance = service.readers.get(tenant).get_user_credits(userId)
-    if not getattr(balance, "found", True) or balance.value is None:
-        raise ApiError(404, "user_not_found", "no such user", userId=userId)
-    available = balance.value
+    available, balance_cached, balance_stale = await _balance(service, reader, tenant, userId)
     return CreditValidation(
         operation=operation,
         creditCost=cost,
         availableCredits=available,
         canAfford=available >= cost,
-        cached=flag(answer, "cached") and flag(balance, "cached"),
-        stale=flag(answer, "stale") or flag(balance, "stale"),
+        cached=flag(answer, "cached") and balance_cached,
+        stale=flag(answer, "stale") or balance_stale,
         responseTimeMs=watch.elapsed_ms(),
     )
+
+
+async def _balance(
+    service: ApiService, reader: Any, tenant: str, user_id: str
+) -> tuple[Any, bool, bool]:
+    """(available, cached, stale): one async GET of the balance key; a balance not cached (or
+    Redis failing) goes through the reader's read-through in the thread pool."""
+    raw = await service.cached_balance(tenant, user_id)
+    if raw is not None:
+        return credits.as_number(raw), True, False
+    balance = await run_in_threadpool(reader.get_user_credits, user_id)
+    if not getattr(balance, "found", True) or balance.value is None:
+        raise ApiError(404, "user_not_found", "no such user", userId=user_id)
+    return balance.value, flag(balance, "cached"), flag(balance, "stale")
 
 
 @router.post(

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
+from consumer.http import fastpath
 from consumer.http.auth import Tenant
 from consumer.http.deps import Service, Stopwatch, flag, iso_time
 from consumer.http.errors import ApiError
@@ -50,11 +51,12 @@ def user_profile(tenant: Tenant, service: Service, userId: UserIdPath) -> dict[s
     responses=_ERRORS,
     summary="May the user do this? (critical data, from the near-cache)",
 )
-def check_permission(
+async def check_permission(
     tenant: Tenant, service: Service, userId: IdentQuery, permission: IdentQuery
 ) -> PermissionCheck:
     watch = Stopwatch()
-    answer = service.readers.get(tenant).check_permission(userId, permission)
+    reader = await fastpath.reader_for(service.readers, tenant)
+    answer = await fastpath.check_permission(reader, userId, permission)
     return PermissionCheck(
         userId=userId,
         permission=permission,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import redis
+import redis.asyncio
 from celery import Celery
 
 from config.celery import CREDITS_QUEUE, celery_config
@@ -59,6 +61,31 @@ class ApiService:
         self.readers = Readers(settings, reader_factory)
         self.settlement = SettlementQueue(settings)
         self.metrics = ApiMetrics(self.readers)
+        self.async_redis: redis.asyncio.Redis | None = None
+        """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
+
+    async def start(self) -> None:
+        self.async_redis = redis.asyncio.Redis.from_url(
+            self.settings.cache_url,
+            socket_timeout=self.settings.reader_timeout_ms / 1000,
+            socket_connect_timeout=self.settings.reader_timeout_ms / 1000,
+        )
+
+    async def stop(self) -> None:
+        if self.async_redis is not None:
+            await self.async_redis.aclose()
+            self.async_redis = None
+
+    async def cached_balance(self, tenant: str, user_id: str) -> bytes | None:
+        """The cached balance text without blocking the loop; None when not cached, or when
+        Redis fails (the caller then asks the reader, which knows the degraded rules)."""
+        if self.async_redis is None:
+            return None
+        try:
+            raw = await self.async_redis.get(TenantKeys.of(tenant).balance(user_id))
+        except (redis.ConnectionError, redis.TimeoutError):
+            return None
+        return raw.encode() if isinstance(raw, str) else raw
 
     @property
     def tenants(self) -> list[str]:
