@@ -267,3 +267,27 @@ def test_a_part_that_never_gets_ready_fails_the_start(tmp_path: Path) -> None:
                 supervisor.wait_ready([part], timeout=0.5)
         finally:
             supervisor.stop()
+
+
+@pytest.mark.slow
+def test_a_part_that_dies_stops_the_stack_with_exit_1(tmp_path: Path) -> None:
+    # Given a running stack
+    with open(tmp_path / "up.log", "w") as log:
+        ports = [str(free_port()) for _ in range(2)]
+        running = UpProcess(
+            tmp_path, log, "--no-flower", "--api-port", ports[0], "--sandbox-port", ports[1]
+        )
+        try:
+            info = running.next_event()
+            assert info["event"] == "up"
+            pids = [part["pid"] for part in info["parts"]]
+            # When one part dies
+            beat = next(p["pid"] for p in info["parts"] if p["name"] == "beat")
+            os.kill(beat, signal.SIGKILL)
+            # Then up says which, stops the rest and exits 1
+            failed = running.next_event(timeout=20)
+            assert failed["event"] == "failed" and failed["part"] == "beat"
+            assert running.process.wait(timeout=20) == 1
+            assert not [pid for pid in pids if process_running(pid)]
+        finally:
+            running.close()
