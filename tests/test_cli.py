@@ -25,6 +25,11 @@ MY_COMMANDS = ("up", "status", "preload", "dlq", "publish", "inspect", "flower")
 COSTS = TenantKeys.of("acme").values(DataClass.CREDIT_COSTS)
 
 
+@pytest.fixture(autouse=True)
+def _session_env(env: dict[str, str]) -> None:
+    """Every command here reads the session stack's settings from the environment."""
+
+
 def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
     return subprocess.run(
         [CRMCACHE, *args],
@@ -207,3 +212,18 @@ def test_a_bad_setting_exits_2(env: dict[str, str]) -> None:
     done = cli("status", env={"FLOWER_BASIC_AUTH": "no-colon"})
     assert done.returncode == 2
     assert "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_status_shows_hit_rates_from_the_published_metrics_snapshot(r: redis.Redis) -> None:
+    # Given a snapshot as publish_metrics stores it: 3 critical hits, 1 miss since the last one
+    from crmcache.read_metrics import build_snapshot, counter_field
+
+    counts = {counter_field("credit-costs", "hits"): 3, counter_field("credit-costs", "misses"): 1}
+    snapshot, _ = build_snapshot("acme", counts, None, 0.95, 1_000)
+    r.set(TenantKeys.of("acme").metrics_snapshot, json.dumps(snapshot))
+    r.hset(TenantKeys.of("acme").meta, "ready", 1)
+    # When status is asked, then it shows them
+    status = cli_json("status", "--ping-timeout", "0")
+    rates = status["tenants"][0]["hitRates"]
+    assert rates["window"]["criticalHitRate"] == 0.75
+    assert rates["totals"]["totalRequests"] == 4 and rates["atMs"] == 1_000
