@@ -73,6 +73,10 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
         with reader(own_settings, near_cache_staleness_ms=60_000) as crm:
             crm.initialize()
             assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+            wait_until(
+                lambda: own_store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] == 1,
+                what="the reader's subscription",
+            )
             # When a change's notification is lost (applied without PUBLISH) and the reader
             # learns that its pub/sub connection was lost
             own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
