@@ -307,7 +307,7 @@ class Subscriber:
         """
         if not len(self.batcher):
             return
-        pending = self.batcher.drain()
+        pending = self.batcher.drain(time.monotonic())
         try:
             firsts = self.store.reserve_stamps({t: len(evs) for t, evs in pending.items()})
             size = self.settings.batch_size

@@ -1,0 +1,53 @@
+"""Micro-batching rules (pure logic)."""
+
+from __future__ import annotations
+
+from consumer.batcher import Batcher
+from crmcache.events import Event
+
+
+def event(tenant: str = "acme") -> Event:
+    return Event(tenant=tenant, stream="roles", event_type="role-deleted", data={"roleId": "r"})
+
+
+def test_a_lone_event_is_due_at_once_when_the_socket_is_idle() -> None:
+    batcher = Batcher(batch_size=100, flush_interval=0.005)
+    batcher.add(event(), now=10.0)
+    assert batcher.due(now=10.0, idle=True)
+
+
+def test_a_busy_socket_keeps_the_batch_open_until_the_interval() -> None:
+    batcher = Batcher(batch_size=100, flush_interval=0.005)
+    batcher.add(event(), now=10.0)
+    assert not batcher.due(now=10.001, idle=False)
+    assert batcher.due(now=10.005, idle=False)
+
+
+def test_a_full_batch_is_due_at_once() -> None:
+    batcher = Batcher(batch_size=3, flush_interval=1.0)
+    for _ in range(3):
+        batcher.add(event(), now=10.0)
+    assert batcher.due(now=10.0, idle=False)
+
+
+def test_steady_traffic_gets_at_most_one_flush_per_interval() -> None:
+    # Given a flush just happened
+    batcher = Batcher(batch_size=100, flush_interval=0.005)
+    batcher.add(event(), now=10.0)
+    batcher.drain(now=10.0)
+    # When the next event arrives 1 ms later on an idle socket
+    batcher.add(event(), now=10.001)
+    # Then it waits for the interval since the last flush, and no longer
+    assert not batcher.due(now=10.001, idle=True)
+    assert abs(batcher.wait_time(now=10.001, ceiling=1.0) - 0.004) < 1e-9
+    assert batcher.due(now=10.005, idle=True)
+
+
+def test_drain_keeps_receipt_order_per_tenant_and_empties() -> None:
+    batcher = Batcher(batch_size=100, flush_interval=0.005)
+    events = [event("a"), event("b"), event("a")]
+    for e in events:
+        batcher.add(e, now=1.0)
+    pending = batcher.drain(now=1.0)
+    assert pending == {"a": [events[0], events[2]], "b": [events[1]]}
+    assert len(batcher) == 0 and not batcher.due(now=5.0, idle=True)
