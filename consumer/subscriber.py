@@ -36,7 +36,7 @@ from crmcache.store import Store
 
 logger = logging.getLogger(__name__)
 
-LIVENESS_PING = b"crmcache-liveness"
+LIVENESS_PING = "crmcache-liveness"
 GAP_RESYNC_INTERVAL = 5.0
 RECENT_IDS = 100_000
 

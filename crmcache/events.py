@@ -65,7 +65,7 @@ class Event:
             raise InvalidEvent("task event without a valid stream", tenant)
         event = parse_envelope(tenant, str(stream), envelope)
         seq = body.get("s")
-        if not _is_int(seq) or seq < 0:
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise InvalidEvent("task event without a valid stamp", tenant)
         return cls(**{**event.__dict__, "seq": seq})
 

@@ -43,6 +43,10 @@ class ApplyResult:
     version: int
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -105,7 +109,12 @@ class Store:
             version = event.version if event.version is not None else -1
             stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
             batch.append([stamp, event.seq, version, event_id, writes, invalidations, deltas])
-        args = [_CLASS_NAMES, json.dumps(batch), dedupe_window_s * 1000, keys.changes_channel]
+        args: list[str | int] = [
+            _CLASS_NAMES,
+            json.dumps(batch),
+            dedupe_window_s * 1000,
+            keys.changes_channel,
+        ]
         with translate_errors():
             written, stale, duplicates, version = self.script("apply_events")(key_list, args)
         return ApplyResult(int(written), int(stale), int(duplicates), int(version))
@@ -175,7 +184,7 @@ class Store:
     def tenant_meta(self, tenant: str) -> dict[str, str]:
         with translate_errors():
             raw = self.redis.hgetall(TenantKeys.of(tenant).meta)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     def is_ready(self, tenant: str) -> bool:
         with translate_errors():
@@ -233,4 +242,4 @@ class Store:
     def lease_holder(self, key: str) -> str | None:
         with translate_errors():
             holder = self.redis.get(key)
-        return holder.decode() if holder else None
+        return _text(holder) if holder else None

@@ -30,7 +30,7 @@ def decode_batch(tenant: str, bodies: list[Any]) -> tuple[list[Event], list[tupl
 @app.task(
     name="crmcache.apply_events",
     autoretry_for=(StoreUnavailable,),
-    retry_backoff=0.5,
+    retry_backoff=True,
     retry_backoff_max=30,
     retry_jitter=True,
     max_retries=100,
