@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from config.settings import Settings, get_settings
 from consumer.http import routes_credits, routes_ops, routes_users
+from consumer.http.auth import ApiKeyAuth, document_security
 from consumer.http.errors import install_error_handlers
 from consumer.http.limits import BodySizeLimit
 from consumer.http.metrics import MetricsMiddleware
@@ -55,6 +56,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(ApiKeyAuth, keys=service.keys)
+    document_security(app)
     app.include_router(routes_credits.router)
     app.include_router(routes_users.router)
     app.include_router(routes_ops.router)

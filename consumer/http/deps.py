@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from consumer.http.service import ApiService
 
 
-def get_service(request: Request) -> ApiService:
+def service_of(request: Request) -> ApiService:
     service: ApiService = request.app.state.service
     return service
-
-
-Service = Annotated[ApiService, Depends(get_service)]
 
 
 class Stopwatch:

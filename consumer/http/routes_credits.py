@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from consumer.http import fastpath
-from consumer.http.auth import Tenant
-from consumer.http.deps import Service, Stopwatch, flag
+from consumer.http.auth import tenant_of
+from consumer.http.deps import Stopwatch, flag, service_of
 from consumer.http.errors import ApiError
 from consumer.http.models import (
     IDENT_PATTERN,
@@ -48,12 +48,12 @@ def _cost(service: Any, tenant: str, operation: str) -> tuple[Any, Any]:
     summary="Can the user afford the operation?",
 )
 async def validate_credits(
-    tenant: Tenant,
-    service: Service,
+    request: Request,
     operation: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
     userId: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
 ) -> CreditValidation:
     watch = Stopwatch()
+    tenant, service = tenant_of(request), service_of(request)
     reader = await fastpath.reader_for(service.readers, tenant)
     answer = await fastpath.credit_cost(reader, operation)
     cost = answer.cost
@@ -109,8 +109,7 @@ async def _balance(
     summary="Create a lead and charge its credits exactly once",
 )
 def create_lead(
-    tenant: Tenant,
-    service: Service,
+    request: Request,
     body: CreateLeadRequest,
     response: Response,
     idempotency_key: Annotated[
@@ -124,6 +123,7 @@ def create_lead(
         ),
     ],
 ) -> LeadCreated:
+    tenant, service = tenant_of(request), service_of(request)
     request_fingerprint = credits.fingerprint(
         ["POST /api/leads", body.userId, body.leadData.model_dump(mode="json")]
     )

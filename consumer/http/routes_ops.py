@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from consumer.http.auth import Tenant
-from consumer.http.deps import Service, Stopwatch, flag
+from consumer.http.auth import tenant_of
+from consumer.http.deps import Stopwatch, flag, service_of
 from consumer.http.models import IDENT_PATTERN, ErrorResponse, Health, Readiness, TestCreditCheck
 from crmcache.errors import CrmCacheError, WrapperError
 
@@ -30,7 +30,8 @@ async def healthz() -> Health:
     tags=["operations"],
     summary="Redis reachable and every served tenant's critical data loaded",
 )
-def readyz(service: Service) -> Any:
+def readyz(request: Request) -> Any:
+    service = service_of(request)
     redis_ok = service.redis_ok()
     tenants = {}
     for tenant in service.tenants:
@@ -50,7 +51,8 @@ def readyz(service: Service) -> Any:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text exposition"}},
 )
-def metrics(service: Service) -> Response:
+def metrics(request: Request) -> Response:
+    service = service_of(request)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -66,12 +68,12 @@ def metrics(service: Service) -> Response:
     summary="The seed's usage example: cost, affordability, profile, permission and metrics",
 )
 def test_credit_check(
-    tenant: Tenant,
-    service: Service,
+    request: Request,
     operation: IdentQuery = "crm.leads.create",
     userId: IdentQuery = "user-456",
 ) -> TestCreditCheck:
     watch = Stopwatch()
+    tenant, service = tenant_of(request), service_of(request)
     reader = service.readers.get(tenant)
     cost = getattr(reader.get_credit_cost(operation), "cost", None)
     permission = reader.check_permission(userId, operation)

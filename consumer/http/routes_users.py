@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from consumer.http import fastpath
-from consumer.http.auth import Tenant
-from consumer.http.deps import Service, Stopwatch, flag, iso_time
+from consumer.http.auth import tenant_of
+from consumer.http.deps import Stopwatch, flag, iso_time, service_of
 from consumer.http.errors import ApiError
 from consumer.http.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
 
@@ -30,7 +30,8 @@ IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PA
     responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown user"}},
     summary="The user's profile (reference data, read through with a TTL)",
 )
-def user_profile(tenant: Tenant, service: Service, userId: UserIdPath) -> dict[str, Any]:
+def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
+    tenant, service = tenant_of(request), service_of(request)
     answer = service.readers.get(tenant).get_user_profile(userId)
     profile = getattr(answer, "value", None)
     if profile is None:
@@ -52,9 +53,10 @@ def user_profile(tenant: Tenant, service: Service, userId: UserIdPath) -> dict[s
     summary="May the user do this? (critical data, from the near-cache)",
 )
 async def check_permission(
-    tenant: Tenant, service: Service, userId: IdentQuery, permission: IdentQuery
+    request: Request, userId: IdentQuery, permission: IdentQuery
 ) -> PermissionCheck:
     watch = Stopwatch()
+    tenant, service = tenant_of(request), service_of(request)
     reader = await fastpath.reader_for(service.readers, tenant)
     answer = await fastpath.check_permission(reader, userId, permission)
     return PermissionCheck(
