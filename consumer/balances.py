@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from consumer.connection import ReaderConnection
@@ -20,7 +21,9 @@ from consumer.reference import POLL_FIRST, POLL_MAX, Kept, LocalCopies, parse_nu
 from consumer.results import ReferenceResult
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound, WrapperUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
-from crmcache.wrapper import WrapperClient
+
+if TYPE_CHECKING:  # the Wrapper client (requests) is imported on first upstream call
+    from crmcache.wrapper import WrapperClient
 
 CREDITS = RefKind.CREDITS.value
 
@@ -41,7 +44,7 @@ class BalanceReader:
         tenant: str,
         settings: Settings,
         conn: ReaderConnection,
-        wrapper: WrapperClient,
+        wrapper: Callable[[], WrapperClient],
         metrics: ReadMetrics,
         local: LocalCopies,
     ) -> None:
@@ -101,7 +104,7 @@ class BalanceReader:
         """Fetch as the lease holder and fill. None when the lease was lost and nothing is
         cached (the caller asks again); when ``final``, the fetched answer, not cached."""
         try:
-            text = repr(available_of(self.wrapper.user_credits(self.tenant, user_id)))
+            text = repr(available_of(self.wrapper().user_credits(self.tenant, user_id)))
         except WrapperNotFound:
             text = ""
         except WrapperError:
@@ -152,7 +155,7 @@ class BalanceReader:
             age = (time.time() - kept.fetched_at) * 1000
             return ReferenceResult(kept.value, kept.found, True, True, None, age, "last-known-good")
         try:
-            value = available_of(self.wrapper.user_credits(self.tenant, user_id))
+            value = available_of(self.wrapper().user_credits(self.tenant, user_id))
         except WrapperNotFound:
             self._record(False, start, 1, degraded=True)
             return ReferenceResult(None, False, False, False, None, 0.0, "wrapper")

@@ -71,11 +71,11 @@ class ReaderConnection:
         if self.down_since is not None:
             raise StoreUnavailable("Redis unreachable: the reader is in degraded mode")
         try:
-            with translate_errors():
-                return call()
-        except StoreUnavailable:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # translate_errors() inlined: this is every Redis read's path.
             self.mark_down()
-            raise
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
 
     def mark_down(self) -> None:
         with self._lock:

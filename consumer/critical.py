@@ -14,10 +14,12 @@ Answers, in order of preference:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,10 +40,14 @@ _perf_ns = time.perf_counter_ns
 _monotonic = time.monotonic
 
 
+_epoch_prefix = secrets.token_hex(6)
+_epoch_counter = itertools.count()
+
+
 def _new_epoch() -> str:
     """A candidate for meta.epoch, stored by the first read that finds none (read_cost.lua).
-    Fresh for every call: after Redis lost the data, nobody may re-create the old epoch."""
-    return secrets.token_hex(8)
+    Unique for every call: after Redis lost the data, nobody may re-create the old epoch."""
+    return f"{_epoch_prefix}-{next(_epoch_counter)}"
 
 
 def parse_cost(raw: bytes) -> Number | None:
@@ -57,13 +63,20 @@ def parse_cost(raw: bytes) -> Number | None:
 
 
 def parse_role_ids(raw: bytes | None) -> tuple[str, ...] | None:
+    """A user's role ids; interned, since thousands of users share a few role names."""
     if raw is None:
         return None
     try:
         value = json.loads(raw)
     except ValueError:
         return ()
-    return tuple(r for r in value if isinstance(r, str)) if isinstance(value, list) else ()
+    if not isinstance(value, list):
+        return ()
+    return tuple(sys.intern(r) for r in value if isinstance(r, str))
+
+
+def parse_status(raw: bytes | None) -> str | None:
+    return sys.intern(raw.decode()) if raw is not None else None
 
 
 def parse_grants(raw: bytes | None) -> Grants | None:
@@ -211,7 +224,7 @@ class CriticalReader:
         version, ready_raw, epoch, status_raw, roles_raw, *pairs = reply
         ready = ready_raw == b"1"
         gen = self.near.observe(epoch, int(version), read_at, ready)
-        status = status_raw.decode() if status_raw is not None else None
+        status = parse_status(status_raw)
         role_ids = parse_role_ids(roles_raw)
         grants = {pairs[i].decode(): parse_grants(pairs[i + 1]) for i in range(0, len(pairs), 2)}
         decision = decide(status, role_ids, grants.get, permission, ready)
@@ -336,7 +349,7 @@ class CriticalReader:
         if DataClass.USER_STATUS in loaded and DataClass.USER_ROLES in loaded:
             roles_of = loaded[DataClass.USER_ROLES]
             for user, status in loaded[DataClass.USER_STATUS].items():
-                access = (status.decode(), parse_role_ids(roles_of.get(user)))
+                access = (parse_status(status), parse_role_ids(roles_of.get(user)))
                 near.put(near.users, user.decode(), access, gen, read_at)
                 count += 1
         return count

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings, get_settings
 from consumer.background import Background
@@ -33,7 +33,9 @@ from consumer.results import CreditCost, PermissionCheck, ReferenceResult
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
 from crmcache.tenancy import validate_tenant
-from crmcache.wrapper import WrapperClient
+
+if TYPE_CHECKING:
+    from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +58,22 @@ class SmartCRMConsumer:
         self.keys = TenantKeys.of(self.tenant)
         self.closed = False
         self._conn = ReaderConnection(self.settings)
-        self._wrapper = WrapperClient(self.settings)
+        self._wrapper: WrapperClient | None = None
+        """Built on the first upstream call: a process doing only critical reads never
+        imports the HTTP stack (a few MiB of RSS)."""
         self._metrics = ReadMetrics()
         self._preloads = PreloadRequests(self.tenant, self.settings, self._conn)
         self._critical = CriticalReader(
             self.tenant, self.settings, self._conn, self._metrics, self._not_ready
         )
         self._reference = ReferenceReader(
-            self.tenant, self.settings, self._conn, self._wrapper, self._metrics
+            self.tenant, self.settings, self._conn, self._wrapper_client, self._metrics
         )
         self._balances = BalanceReader(
             self.tenant,
             self.settings,
             self._conn,
-            self._wrapper,
+            self._wrapper_client,
             self._metrics,
             self._reference.local,
         )
@@ -109,7 +113,8 @@ class SmartCRMConsumer:
             logger.info("tenant=%s final metrics flush skipped: Redis unavailable", self.tenant)
         self._background.discard(self)
         self._conn.close()
-        self._wrapper.close()
+        if self._wrapper is not None:
+            self._wrapper.close()
 
     def __enter__(self) -> SmartCRMConsumer:
         return self.initialize()
@@ -129,6 +134,17 @@ class SmartCRMConsumer:
             self._background.add(self)
         else:
             self._background.ensure_running()
+
+    def _wrapper_client(self) -> WrapperClient:
+        client = self._wrapper
+        if client is None:
+            from crmcache.wrapper import WrapperClient
+
+            with self._lock:
+                if self._wrapper is None:
+                    self._wrapper = WrapperClient(self.settings)
+                client = self._wrapper
+        return client
 
     def _not_ready(self) -> None:
         self._preloads.request()
@@ -209,7 +225,9 @@ class SmartCRMConsumer:
                     "trusted": time.monotonic() < near.trusted_until,
                 },
                 "preloadRequests": self._preloads.sent,
-                "wrapperBreaker": self._wrapper.breaker_state(self.tenant),
+                "wrapperBreaker": (
+                    self._wrapper.breaker_state(self.tenant) if self._wrapper else "closed"
+                ),
             }
         )
         return summary
@@ -265,10 +283,9 @@ class SmartCRMConsumer:
         self._reference.local.reset_after_fork()
         self._metrics.reset()
         self._started_pid = 0
-        self._wrapper.close()  # closes only this process's copies of the parent's sockets
-        self._wrapper = WrapperClient(self.settings)
-        self._reference.wrapper = self._wrapper
-        self._balances.wrapper = self._wrapper
+        if self._wrapper is not None:
+            self._wrapper.close()  # closes only this process's copies of the parent's sockets
+            self._wrapper = None
 
 
 def _after_fork_in_child() -> None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from consumer.connection import ReaderConnection
@@ -31,7 +31,9 @@ from consumer.metrics import ReadMetrics
 from consumer.results import ReferenceResult
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound, WrapperUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
-from crmcache.wrapper import WrapperClient
+
+if TYPE_CHECKING:  # the Wrapper client (requests) is imported on first upstream call
+    from crmcache.wrapper import WrapperClient
 
 POLL_FIRST = 0.002
 POLL_MAX = 0.05
@@ -89,7 +91,7 @@ class ReferenceReader:
         tenant: str,
         settings: Settings,
         conn: ReaderConnection,
-        wrapper: WrapperClient,
+        wrapper: Callable[[], WrapperClient],
         metrics: ReadMetrics,
     ) -> None:
         self.tenant = tenant
@@ -108,11 +110,12 @@ class ReferenceReader:
         self.error_ms = settings.lease_error_ttl_ms
 
     def _fetcher(self, kind: RefKind) -> Callable[[str, str], Any]:
+        wrapper = self.wrapper()
         if kind is RefKind.PROFILE:
-            return self.wrapper.user_profile
+            return wrapper.user_profile
         if kind is RefKind.HIERARCHY:
-            return self.wrapper.hierarchy
-        return self.wrapper.user_credits
+            return wrapper.hierarchy
+        return wrapper.user_credits
 
     # --- profiles and hierarchy ------------------------------------------------------------------
 

@@ -1,0 +1,285 @@
+"""Read-side benchmark: SmartCRMConsumer's latency next to its floors, RSS, bytes per entry.
+
+    python -m benchmarks.read_bench [--samples 20000]
+
+Starts its own Redis (``crmcache.redis_server``) and the sandbox Wrapper, loads one tenant of
+1,000 operations, 200 roles and 10,000 users through the real snapshot path, then measures, in
+one run and on one machine, p50/p99 of single calls (each timed on its own):
+
+  * the floors: a plain dict lookup, and a plain ``HGET`` on a pooled redis-py client;
+  * ``get_credit_cost`` and ``check_permission``: near-cache hit, and the Redis path (near-cache
+    off: one Lua call per read);
+  * a reference hit (``get_user_profile`` of a cached profile);
+  * the RSS of a separate reader process with the tenant cached, and bytes per cached entry
+    (Redis ``MEMORY USAGE``; near-cache: RSS growth per entry).
+
+Prints measured figures only; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from config.settings import Settings, load_settings
+from consumer import SmartCRMConsumer
+from crmcache.keyspace import DataClass, RefKind, TenantKeys
+from crmcache.redis_client import make_redis
+from crmcache.redis_server import RedisServer
+from crmcache.store import Store
+
+TENANT = "bench"
+KEYS = TenantKeys.of(TENANT)
+OPERATIONS, ROLES, USERS = 1_000, 200, 10_000
+AREAS = ("leads", "contacts", "reports", "deals", "tasks", "notes", "files", "admin")
+GOALS = {"near": 20.0, "redis": 300.0, "reference": 500.0}
+
+
+def tenant_data(rnd: random.Random) -> dict[DataClass, list[tuple[str, str]]]:
+    """1,000 operations, 200 roles (exact grants and trailing wildcards), 10,000 users."""
+    ops = [f"crm.{AREAS[i % len(AREAS)]}.op{i}" for i in range(OPERATIONS)]
+    costs = [(op, str(rnd.choice([0, 1, 2, 5, 10, 2.5]))) for op in ops]
+    roles = []
+    for i in range(ROLES):
+        grants = rnd.sample(ops, 8) + [f"crm.{rnd.choice(AREAS)}.*"]
+        roles.append((f"role-{i}", json.dumps(grants)))
+    status, user_roles = [], []
+    for i in range(USERS):
+        status.append((f"user-{i}", "active" if i % 20 else "suspended"))
+        picked = rnd.sample(range(ROLES), rnd.randint(1, 3))
+        user_roles.append((f"user-{i}", json.dumps([f"role-{r}" for r in picked])))
+    return {
+        DataClass.CREDIT_COSTS: costs,
+        DataClass.ROLES: roles,
+        DataClass.USER_STATUS: status,
+        DataClass.USER_ROLES: user_roles,
+    }
+
+
+def load_tenant(store: Store, data: dict[DataClass, list[tuple[str, str]]]) -> None:
+    """Through the write side's snapshot scripts, then marked ready (as a preload does)."""
+    s0 = store.begin_snapshot(TENANT)
+    for data_class, items in data.items():
+        store.write_snapshot(TENANT, data_class, s0, items)
+    store.mark_ready(TENANT)
+
+
+def percentiles(call: Callable[[], Any], samples: int, warmup: int = 500) -> tuple[float, float]:
+    """p50 and p99 in µs of ``samples`` calls, each timed on its own."""
+    for _ in range(warmup):
+        call()
+    timings = []
+    clock = time.perf_counter_ns
+    for _ in range(samples):
+        start = clock()
+        call()
+        timings.append(clock() - start)
+    timings.sort()
+    return timings[len(timings) // 2] / 1000, timings[int(len(timings) * 0.99)] / 1000
+
+
+def cycler(items: list[Any]) -> Callable[[], Any]:
+    """Next item on each call (so reads spread over many keys, not one hot key)."""
+    state = {"i": 0}
+
+    def next_item() -> Any:
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    return next_item
+
+
+def rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_child(redis_url: str) -> None:
+    """In a fresh process: RSS after imports, then with the whole tenant in the near-cache."""
+    settings = load_settings(REDIS_URL=redis_url, CRM_READER_REQUESTS_PRELOAD="false")
+    before = rss_mib()
+    crm = SmartCRMConsumer(TENANT, settings).initialize()
+    for i in range(USERS):
+        crm.check_permission(f"user-{i}", "crm.leads.op0")
+    for i in range(OPERATIONS):
+        crm.get_credit_cost(f"crm.{AREAS[i % len(AREAS)]}.op{i}")
+    entries = crm.get_metrics()["criticalCacheSize"]
+    after = rss_mib()
+    crm.shutdown()
+    print(json.dumps({"before": before, "after": after, "entries": entries}))
+
+
+def measure(settings: Settings, samples: int, rnd: random.Random) -> list[tuple[str, float, float]]:
+    ops = [f"crm.{AREAS[i % len(AREAS)]}.op{i}" for i in range(OPERATIONS)]
+    users = [f"user-{i}" for i in range(USERS)]
+    checks = [(rnd.choice(users), rnd.choice(ops)) for _ in range(5000)]
+    rows = []
+    floor_dict = {op: (1, 0, 0.0) for op in ops}
+    next_op = cycler(ops)
+    rows.append(
+        ("plain dict lookup (floor)", *percentiles(lambda: floor_dict.get(next_op()), samples))
+    )
+    client = make_redis(settings.cache_url)
+    costs_key = KEYS.values(DataClass.CREDIT_COSTS)
+    try:
+        rows.append(
+            (
+                "plain HGET, pooled client (floor)",
+                *percentiles(lambda: client.hget(costs_key, next_op()), samples),
+            )
+        )
+    finally:
+        client.close()
+    near = SmartCRMConsumer(TENANT, settings).initialize()
+    remote = SmartCRMConsumer(TENANT, settings.model_copy(update={"near_cache": False}))
+    next_check = cycler(checks)
+    try:
+        rows.append(
+            (
+                "get_credit_cost, near-cache hit",
+                *percentiles(lambda: near.get_credit_cost(next_op()), samples),
+            )
+        )
+        rows.append(
+            (
+                "get_credit_cost, Redis path",
+                *percentiles(lambda: remote.get_credit_cost(next_op()), samples),
+            )
+        )
+        rows.append(
+            (
+                "check_permission, near-cache hit",
+                *percentiles(lambda: near.check_permission(*next_check()), samples),
+            )
+        )
+        rows.append(
+            (
+                "check_permission, Redis path",
+                *percentiles(lambda: remote.check_permission(*next_check()), samples),
+            )
+        )
+        near_metrics = near.get_metrics()
+        assert near_metrics["nearCacheHits"] >= 2 * samples, "near-cache runs missed the near-cache"
+    finally:
+        near.shutdown()
+        remote.shutdown()
+    return rows
+
+
+def reference_hit(settings: Settings, samples: int) -> tuple[float, float]:
+    """p50/p99 of get_user_profile for a profile cached in Redis (read through once)."""
+    from sandbox import SandboxWrapper
+
+    with SandboxWrapper() as wrapper:
+        ref_settings = settings.model_copy(update={"wrapper_api_url": wrapper.url})
+        crm = SmartCRMConsumer("acme", ref_settings)
+        try:
+            crm.get_user_profile("user-456")
+            assert wrapper.requests[("GET", "/api/users/user-456/profile")] == 1
+            result = percentiles(lambda: crm.get_user_profile("user-456"), samples)
+            assert wrapper.requests[("GET", "/api/users/user-456/profile")] == 1
+        finally:
+            crm.shutdown()
+    return result
+
+
+def bytes_per_entry(client: redis.Redis) -> dict[str, float]:
+    acme = TenantKeys.of("acme")
+    out = {}
+    for data_class, count in (
+        (DataClass.CREDIT_COSTS, OPERATIONS),
+        (DataClass.ROLES, ROLES),
+        (DataClass.USER_STATUS, USERS),
+        (DataClass.USER_ROLES, USERS),
+    ):
+        usage = client.memory_usage(KEYS.values(data_class), samples=0) or 0
+        out[f"{data_class.value} (hash field)"] = usage / count
+    out["profile entry (hash + TTL)"] = float(
+        client.memory_usage(acme.ref(RefKind.PROFILE, "user-456"), samples=0) or 0
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--rss-child", metavar="REDIS_URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return
+    rnd = random.Random(7)
+    with RedisServer() as server:
+        settings = load_settings(REDIS_URL=server.url, CRM_READER_REQUESTS_PRELOAD="false")
+        client = make_redis(server.url)
+        try:
+            load_tenant(Store(client), tenant_data(rnd))
+            rows = measure(settings, args.samples, rnd)
+            rows.append(
+                ("get_user_profile, reference hit", *reference_hit(settings, args.samples // 4))
+            )
+            entry_bytes = bytes_per_entry(client)
+        finally:
+            client.close()
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.read_bench", "--rss-child", server.url],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+        rss = json.loads(child.stdout.strip().splitlines()[-1])
+    report(rows, rss, entry_bytes, args.samples)
+
+
+def report(
+    rows: list[tuple[str, float, float]],
+    rss: dict[str, Any],
+    entry_bytes: dict[str, float],
+    samples: int,
+) -> None:
+    print(
+        f"crmcache read benchmark: {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, redis-py {redis.__version__}, {samples} samples per row"
+    )
+    print(f"tenant: {OPERATIONS} operations, {ROLES} roles, {USERS} users\n")
+    print(f"{'read':<38}{'p50 µs':>10}{'p99 µs':>10}{'goal p99':>10}")
+    for name, p50, p99 in rows:
+        goal = ""
+        if "near-cache hit" in name:
+            goal = f"{GOALS['near']:.0f}"
+        elif "Redis path" in name:
+            goal = f"{GOALS['redis']:.0f}"
+        elif "reference" in name:
+            goal = f"{GOALS['reference']:.0f}"
+        print(f"{name:<38}{p50:>10.1f}{p99:>10.1f}{goal:>10}")
+    growth = rss["after"] - rss["before"]
+    print(
+        f"\nreader RSS: {rss['before']:.1f} MiB after imports, {rss['after']:.1f} MiB with "
+        f"{rss['entries']} near-cache entries (goal <= 50 MB); "
+        f"~{growth * 1024 * 1024 / max(rss['entries'], 1):.0f} bytes per near-cache entry"
+    )
+    print("Redis bytes per cached entry (MEMORY USAGE):")
+    for name, value in entry_bytes.items():
+        print(f"  {name:<32}{value:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
