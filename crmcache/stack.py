@@ -208,6 +208,9 @@ class Supervisor:
                 part.process.wait(timeout=5)
             if part.reader is not None:
                 part.reader.join(timeout=2)
+        deadline = time.monotonic() + 3
+        while any(_group_alive(p) for p in running) and time.monotonic() < deadline:
+            time.sleep(self.poll / 4)  # SIGKILLed processes take a moment to be gone
         return killed
 
     def _wait_gone(self, running: list[Part]) -> None:
