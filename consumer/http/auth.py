@@ -22,7 +22,8 @@ _UNAUTHORIZED = json.dumps(
     {
         "error": "unauthorized",
         "message": "a valid API key is required (X-API-Key: <key> or Authorization: Bearer <key>)",
-    }
+    },
+    separators=(",", ":"),
 ).encode()
 
 

@@ -18,7 +18,8 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
         self.body = json.dumps(
-            {"error": "body_too_large", "message": f"the body exceeds {max_bytes} bytes"}
+            {"error": "body_too_large", "message": f"the body exceeds {max_bytes} bytes"},
+            separators=(",", ":"),
         ).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
