@@ -20,6 +20,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     exchange = Exchange("crm", type="direct")
     return {
         "broker_url": settings.broker_url,
+        # Celery prefers CELERY_BROKER_URL from the environment over broker_url; the read and
+        # write URLs win over both, so the Settings object (which reads that variable too)
+        # stays the one source: a producer built from other Settings uses their broker.
+        "broker_read_url": settings.broker_url,
+        "broker_write_url": settings.broker_url,
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
