@@ -27,6 +27,7 @@ def test_crm_tenants_is_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) 
 
 def test_seed_redis_parts_build_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     monkeypatch.setenv("REDIS_HOST", "cache.internal")
     monkeypatch.setenv("REDIS_PORT", "6380")
     monkeypatch.setenv("REDIS_USERNAME", "crm")
