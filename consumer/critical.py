@@ -62,17 +62,28 @@ def parse_cost(raw: bytes) -> Number | None:
     return value
 
 
+_MEMO_MAX = 10_000
+_role_lists: dict[bytes, tuple[str, ...]] = {}
+_grants: dict[bytes, Grants] = {}
+
+
 def parse_role_ids(raw: bytes | None) -> tuple[str, ...] | None:
-    """A user's role ids; interned, since thousands of users share a few role names."""
+    """A user's role ids, interned and memoized by their JSON text: thousands of users share a
+    few role lists, so this is usually one dict lookup (and one tuple shared by them all)."""
     if raw is None:
         return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return ()
-    if not isinstance(value, list):
-        return ()
-    return tuple(sys.intern(r) for r in value if isinstance(r, str))
+    roles = _role_lists.get(raw)
+    if roles is None:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = []
+        items = value if isinstance(value, list) else []
+        roles = tuple(sys.intern(r) for r in items if isinstance(r, str))
+        if len(_role_lists) >= _MEMO_MAX:
+            _role_lists.clear()
+        _role_lists[raw] = roles
+    return roles
 
 
 def parse_status(raw: bytes | None) -> str | None:
@@ -80,13 +91,21 @@ def parse_status(raw: bytes | None) -> str | None:
 
 
 def parse_grants(raw: bytes | None) -> Grants | None:
+    """A role's compiled grants, memoized by their JSON text (compiling costs ~5 µs; a role's
+    text only changes when the role does)."""
     if raw is None:
         return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = []
-    return compile_grants(value if isinstance(value, list) else [])
+    grants = _grants.get(raw)
+    if grants is None:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = []
+        grants = compile_grants(value if isinstance(value, list) else [])
+        if len(_grants) >= _MEMO_MAX:
+            _grants.clear()
+        _grants[raw] = grants
+    return grants
 
 
 class CriticalReader:
