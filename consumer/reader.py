@@ -27,14 +27,16 @@ from consumer.balances import BalanceReader
 from consumer.connection import ReaderConnection
 from consumer.critical import CriticalReader
 from consumer.metrics import ReadMetrics
-from consumer.readiness import PreloadRequests
+from consumer.readiness import PreloadRequests, enqueue_settlement
 from consumer.reference import ReferenceReader
 from consumer.results import CreditCost, PermissionCheck, ReferenceResult
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
+from crmcache.store import Store
 from crmcache.tenancy import validate_tenant
 
 if TYPE_CHECKING:
+    from crmcache.credits import Deduction
     from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet[SmartCRMConsumer] = weakref.WeakSet()
 EXPIRY_KINDS = {"profile": RefKind.PROFILE, "user": RefKind.PROFILE, "hierarchy": RefKind.HIERARCHY}
 NO_TTL_KINDS = ("credits", "balance")
+DEFAULT_OPERATION = "crm.credits.deduct"
+"""The operationCode reported to the Wrapper for a deduction that names none."""
 
 
 def live_consumers() -> list[SmartCRMConsumer]:
@@ -58,6 +62,7 @@ class SmartCRMConsumer:
         self.keys = TenantKeys.of(self.tenant)
         self.closed = False
         self._conn = ReaderConnection(self.settings)
+        self._store = Store(self._conn.client)
         self._wrapper: WrapperClient | None = None
         """Built on the first upstream call: a process doing only critical reads never
         imports the HTTP stack (a few MiB of RSS)."""
@@ -188,6 +193,41 @@ class SmartCRMConsumer:
         Wrapper when missing and never overwritten once cached. ``expires_at`` is None."""
         self._start()
         return self._balances.get(user_id)
+
+    def deduct_credits(
+        self,
+        user_id: str,
+        amount: int | float | str,
+        idempotency_key: str,
+        *,
+        operation: str = DEFAULT_OPERATION,
+    ) -> Deduction:
+        """Charge ``amount`` once per ``idempotency_key`` (``crmcache.credits.deduct``: one
+        atomic Lua step, never negative, reported to the Wrapper exactly once by the
+        settlement task). A balance not cached is read through like ``get_user_credits``.
+        Fails closed: ``StoreUnavailable`` while Redis is down (never a stale balance),
+        ``InsufficientCredits``, ``IdempotencyConflict``, ``BalanceUnknown``."""
+        from crmcache import credits
+
+        if self._conn.is_down:
+            raise StoreUnavailable("Redis unreachable: deductions fail closed")
+        deduction = credits.deduct(
+            self._store,
+            self._wrapper_client(),
+            self.tenant,
+            user_id=user_id,
+            operation=operation,
+            amount=amount,
+            idempotency_key=idempotency_key,
+            ttl_s=self.settings.idempotency_ttl,
+            read_through=lambda: self.get_user_credits(user_id),
+        )
+        if deduction.settle_now and not enqueue_settlement(self.tenant):
+            # Let the next deduction try to enqueue rather than wait for the flag to expire.
+            self._try(
+                lambda: self._conn.run(lambda: self._conn.client.delete(self.keys.settle_scheduled))
+            )
+        return deduction
 
     def get_cache_expiry(self, key: str) -> float | None:
         """When the cached entry ``key`` stops being fresh, epoch seconds; None when nothing

@@ -19,6 +19,7 @@ from crmcache.keyspace import TenantKeys
 logger = logging.getLogger(__name__)
 
 PRELOAD_TASK = "crmcache.preload_tenant"
+SETTLE_TASK = "crmcache.settle_credits"
 
 
 def enqueue_preload(tenant: str) -> None:
@@ -27,6 +28,19 @@ def enqueue_preload(tenant: str) -> None:
     from tasks.app import app
 
     app.send_task(PRELOAD_TASK, args=[tenant], kwargs={"reason": "reader"})
+
+
+def enqueue_settlement(tenant: str) -> bool:
+    """Ask the workers to report the tenant's new deductions to the Wrapper. Best effort: the
+    deduction is committed already and the beat sweep settles what a lost enqueue leaves."""
+    try:
+        from tasks.app import app
+
+        app.send_task(SETTLE_TASK, args=(tenant,), retry=False)
+    except Exception as exc:  # kombu raises many types; none may fail a committed charge
+        logger.warning("tenant=%s could not enqueue settle_credits: %r", tenant, exc)
+        return False
+    return True
 
 
 class PreloadRequests:
