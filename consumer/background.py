@@ -127,7 +127,7 @@ class Background:
                 readers = self._readers_now()
                 try:
                     if pubsub is None:
-                        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
                         subscribed = set()
                     self._listen(pubsub, subscribed, readers)
                     delay = POLL_SECONDS
@@ -167,10 +167,16 @@ class Background:
         while message is not None:
             received = time.monotonic()
             channel = message["channel"].decode()
-            version = _version_of(message["data"])
-            if version is not None:
+            if message["type"] == "subscribe":
+                # Confirmed only now: a version confirmed before this instant may have changed
+                # unannounced, so every reader of the channel revalidates once.
                 for reader in by_channel.get(channel, ()):
-                    reader.on_change(version, received)
+                    reader.on_disconnect()
+            elif message["type"] == "message":
+                version = _version_of(message["data"])
+                if version is not None:
+                    for reader in by_channel.get(channel, ()):
+                        reader.on_change(version, received)
             message = pubsub.get_message(timeout=0)
 
 

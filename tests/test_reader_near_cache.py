@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from consumer.near_cache import NearCache
 from crmcache.events import Event
 from crmcache.keyspace import DataClass, TenantKeys
 from tests.conftest import wait_until
@@ -172,3 +173,24 @@ def test_an_applied_event_reaches_the_reader_through_the_store(
             timeout=2.0,
             what="the notified change",
         )
+
+
+def test_generations_follow_epoch_and_version() -> None:
+    cache = NearCache(staleness_ms=1000, max_entries=100)
+    # Given a cache that has confirmed (epoch A, version 5)
+    first = cache.observe(b"A", 5, started=1.0, ready=True)
+    assert cache.observe(b"A", 5, started=1.1) == first  # same data: same generation
+    # Then a slower read of an older version may not be cached
+    assert cache.observe(b"A", 4, started=0.9) is None
+    # ... a higher version starts a generation
+    second = cache.observe(b"A", 6, started=1.2)
+    assert second is not None and second > first
+    # ... and so does another epoch with the same (or a lower) version: Redis lost its data
+    third = cache.observe(b"B", 6, started=1.3)
+    assert third is not None and third > second
+    # ... but a read from before that epoch was confirmed is not cached
+    assert cache.observe(b"A", 7, started=1.25) is None
+    # A notification bumps the generation for a higher version, and never confirms
+    trusted = cache.trusted_until
+    cache.notify(7)
+    assert cache.gen > third and cache.trusted_until == trusted
