@@ -78,6 +78,7 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
                 lambda: own_store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] == 1,
                 what="the reader's subscription",
             )
+            time.sleep(0.3)  # its confirmation handled (a revalidation) before we change data
             # When a change's notification is lost (applied without PUBLISH) and the reader
             # learns that its pub/sub connection was lost
             own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
