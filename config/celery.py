@@ -9,10 +9,12 @@ from kombu import Exchange, Queue
 from config.settings import Settings
 
 EVENTS_QUEUE = "crm.events"
+EVENTS_BULK_QUEUE = "crm.events.bulk"
+"""The bulk lane: batches of tenants that flood (consumer/lanes.py). Workers consume both."""
 PRELOAD_QUEUE = "crm.preload"
 CREDITS_QUEUE = "crm.credits"
 METRICS_QUEUE = "crm.metrics"
-QUEUES = (EVENTS_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS_QUEUE)
+QUEUES = (EVENTS_QUEUE, EVENTS_BULK_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS_QUEUE)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -67,8 +69,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "crmcache.settle_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
             "crmcache.publish_metrics": {"queue": METRICS_QUEUE, "routing_key": METRICS_QUEUE},
         },
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost a PUBLISH per task state; Flower switches workers' events on while it
+        # watches (its --enable-events default), so nobody pays for them unobserved.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "beat_schedule": {
             "preload-all-tenants": {
                 "task": "crmcache.preload_all",
