@@ -38,7 +38,7 @@ class Ticking(Protocol):
     @property
     def changes_channel(self) -> str: ...
 
-    def on_change(self, version: int, received: float) -> None: ...
+    def on_change(self, version: int, written: int | None, received: float) -> None: ...
 
     def on_disconnect(self) -> None: ...
 
@@ -173,19 +173,28 @@ class Background:
                 for reader in by_channel.get(channel, ()):
                     reader.on_disconnect()
             elif message["type"] == "message":
-                version = _version_of(message["data"])
+                version, written = _version_of(message["data"])
                 if version is not None:
                     for reader in by_channel.get(channel, ()):
-                        reader.on_change(version, received)
+                        reader.on_change(version, written, received)
             message = pubsub.get_message(timeout=0)
 
 
-def _version_of(data: object) -> int | None:
+def _version_of(data: object) -> tuple[int | None, int | None]:
+    """(version, critical fields written) of a ``{"version": n, "written": w}`` notification;
+    ``written`` is None when absent (mark_ready publishes only the version)."""
     try:
-        version = json.loads(data)["version"]  # type: ignore[arg-type]
-    except (ValueError, TypeError, KeyError):
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+        body = json.loads(data)  # type: ignore[arg-type]
+        version, written = body["version"], body.get("written")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None, None
+    if not _is_int(version):
+        return None, None
+    return version, written if _is_int(written) else None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _close(pubsub: PubSub | None) -> None:

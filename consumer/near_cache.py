@@ -74,13 +74,17 @@ class NearCache:
                 self.trusted_until = started + self.bound
             return self.gen
 
-    def notify(self, version: int) -> None:
-        """A change notification: a higher version starts a generation. It never confirms (a
-        notification does not name the epoch; only reads and version checks confirm)."""
+    def notify(self, version: int, written: int | None = None) -> None:
+        """A change notification: a higher version starts a generation, unless it is the very
+        next version and the workers say it wrote no critical field (``written`` 0: only
+        reference entries or balances changed), which keeps the near-cache warm. It never
+        confirms (a notification does not name the epoch; only reads and checks confirm)."""
         with self.lock:
-            if self.version is not None and version > self.version:
-                self.version = version
+            if self.version is None or version <= self.version:
+                return
+            if not (written == 0 and version == self.version + 1):
                 self.gen += 1
+            self.version = version
 
     def distrust(self) -> None:
         """Notifications may have been missed: confirm the version before the next cached answer."""

@@ -287,8 +287,8 @@ class SmartCRMConsumer:
     def changes_channel(self) -> str:
         return self.keys.changes_channel
 
-    def on_change(self, version: int, received: float) -> None:
-        self._critical.near.notify(version)
+    def on_change(self, version: int, written: int | None, received: float) -> None:
+        self._critical.near.notify(version, written)
 
     def on_disconnect(self) -> None:
         self._critical.near.distrust()

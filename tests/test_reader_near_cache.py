@@ -192,3 +192,40 @@ def test_generations_follow_epoch_and_version() -> None:
     trusted = cache.trusted_until
     cache.notify(7)
     assert cache.gen > third and cache.trusted_until == trusted
+    # ... except the next version when the workers wrote no critical field
+    gen = cache.gen
+    cache.notify(8, written=0)
+    assert (cache.gen, cache.version) == (gen, 8)
+    cache.notify(10, written=0)  # a gap: a missed notification may have written something
+    assert cache.gen > gen
+
+
+def test_an_event_that_writes_no_critical_field_keeps_the_near_cache_warm(
+    store: Any, wrapper: Any, settings: Any, r: redis.Redis
+) -> None:
+    # Given a reader with a warm near-cache, subscribed and settled
+    preload(store, settings)
+    with reader(settings, near_cache_staleness_ms=60_000) as crm:
+        crm.initialize()
+        wait_until(
+            lambda: r.pubsub_numsub(KEYS.changes_channel)[0][1] == 1, what="the subscription"
+        )
+        time.sleep(0.3)
+        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+        before = crm.get_metrics()["nearCache"]["version"]
+        # When an event only invalidates reference data (hierarchy-changed bumps the version)
+        seq = int(store.redis.incr(KEYS.seq))
+        event = Event(
+            tenant="acme",
+            stream="hierarchy",
+            event_type="hierarchy-changed",
+            data={"entityId": "team-sales"},
+            seq=seq,
+        )
+        store.apply_events("acme", [event])
+        wait_until(
+            lambda: crm.get_metrics()["nearCache"]["version"] == before + 1,
+            what="the notification",
+        )
+        # Then critical reads still come from the near-cache
+        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
