@@ -58,27 +58,27 @@ class ReaderCollector(Collector):
         consumers = list(self._consumers())
         counters = {
             o: CounterMetricFamily(
-                f"crmcache_reader_{o}", f"Reads {OUTCOME_HELP[o]}", labels=["tenant", "data_class"]
+                f"crmcache_read_{o}", f"Reads {OUTCOME_HELP[o]}", labels=["tenant", "data_class"]
             )
             for o in OUTCOMES
         }
         latency = HistogramMetricFamily(
-            "crmcache_reader_latency_seconds",
+            "crmcache_read_latency_seconds",
             "Read latency, critical (costs, permissions) and reference (profiles, ...)",
             labels=["tenant", "family"],
         )
         sizes = GaugeMetricFamily(
-            "crmcache_reader_cache_entries",
+            "crmcache_read_cache_entries",
             "Entries held in this process",
             labels=["tenant", "cache"],
         )
         rates = GaugeMetricFamily(
-            "crmcache_reader_hit_rate",
+            "crmcache_read_hit_rate",
             "Hit rate since start (NaN without reads)",
             labels=["tenant", "family"],
         )
         degraded = GaugeMetricFamily(
-            "crmcache_reader_degraded", "1 while Redis is unreachable", labels=["tenant"]
+            "crmcache_read_degraded", "1 while Redis is unreachable", labels=["tenant"]
         )
         for consumer in consumers:
             tenant = consumer.tenant

@@ -104,19 +104,19 @@ def test_prometheus_exposition_reports_the_same_counts(
         registry.register(ReaderCollector(lambda: [crm]))
         labels = {"tenant": "acme", "data_class": "credit-costs"}
         # Then it reports the reader's counters, cache sizes and latency histogram
-        assert registry.get_sample_value("crmcache_reader_hits_total", labels) == 2
-        assert registry.get_sample_value("crmcache_reader_misses_total", labels) == 1
+        assert registry.get_sample_value("crmcache_read_hits_total", labels) == 2
+        assert registry.get_sample_value("crmcache_read_misses_total", labels) == 1
         assert (
             registry.get_sample_value(
-                "crmcache_reader_cache_entries", {"tenant": "acme", "cache": "critical"}
+                "crmcache_read_cache_entries", {"tenant": "acme", "cache": "critical"}
             )
             == 3
         )
         count = registry.get_sample_value(
-            "crmcache_reader_latency_seconds_count", {"tenant": "acme", "family": "critical"}
+            "crmcache_read_latency_seconds_count", {"tenant": "acme", "family": "critical"}
         )
         assert count == 5
-        assert b'crmcache_reader_hits_total{data_class="permissions",tenant="acme"} 2.0' in (
+        assert b'crmcache_read_hits_total{data_class="permissions",tenant="acme"} 2.0' in (
             exposition(lambda: [crm])
         )
 
