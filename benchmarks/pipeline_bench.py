@@ -237,7 +237,7 @@ def main() -> int:
             "--without-mingle",
             "--loglevel=WARNING",
             "-Q",
-            "crm.events,crm.preload",
+            "crm.events,crm.events.bulk,crm.preload",
         ]
         subscriber = [str(BIN / "crmcache"), "subscribe"]
         for name, batch, events in (

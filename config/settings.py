@@ -80,6 +80,20 @@ class Settings(BaseSettings):
     flush_interval_ms: float = Field(
         default=5.0, gt=0, le=10_000, validation_alias=_env("CRM_FLUSH_INTERVAL_MS")
     )
+    event_lanes: bool = Field(default=True, validation_alias=_env("CRM_EVENT_LANES"))
+    """Send flooding tenants' batches to the bulk lane (crm.events.bulk); see consumer/lanes.py."""
+    bulk_threshold: int = Field(
+        default=200, ge=1, le=1_000_000, validation_alias=_env("CRM_BULK_THRESHOLD")
+    )
+    """Events a tenant may send within about a second before its batches take the bulk lane."""
+    bulk_batch_size: int = Field(
+        default=500, ge=1, le=10_000, validation_alias=_env("CRM_BULK_BATCH_SIZE")
+    )
+    """Events per apply_events task in the bulk lane (fewer, larger tasks drain a flood faster)."""
+    bulk_flush_interval_ms: float = Field(
+        default=50.0, gt=0, le=10_000, validation_alias=_env("CRM_BULK_FLUSH_INTERVAL_MS")
+    )
+    """How long a bulk tenant's partial batch may wait to grow (its events only)."""
     preload_interval: float = Field(
         default=300.0, ge=5, le=86_400, validation_alias=_env("CRM_PRELOAD_INTERVAL")
     )

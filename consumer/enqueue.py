@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 
 from config.amqp import TruncatingAMQP
-from config.celery import EVENTS_QUEUE, PRELOAD_QUEUE, celery_config
+from config.celery import EVENTS_BULK_QUEUE, EVENTS_QUEUE, PRELOAD_QUEUE, celery_config
 from config.settings import Settings
 
 
@@ -18,12 +18,11 @@ class CeleryEnqueuer:
         self.app = Celery("crmcache-subscriber", amqp=TruncatingAMQP)
         self.app.conf.update(celery_config(settings))
 
-    def apply_events(self, tenant: str, events: list[dict[str, Any]]) -> None:
+    def apply_events(self, tenant: str, events: list[dict[str, Any]], bulk: bool = False) -> None:
+        """One batch; `bulk` sends it to the bulk lane (a tenant that floods)."""
+        queue = EVENTS_BULK_QUEUE if bulk else EVENTS_QUEUE
         self.app.send_task(
-            "crmcache.apply_events",
-            args=(tenant, events),
-            queue=EVENTS_QUEUE,
-            routing_key=EVENTS_QUEUE,
+            "crmcache.apply_events", args=(tenant, events), queue=queue, routing_key=queue
         )
 
     def preload(self, tenant: str | None, reason: str) -> None:

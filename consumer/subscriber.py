@@ -28,6 +28,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from consumer.batcher import Batcher
+from consumer.lanes import LaneRouter
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
 from crmcache.events import Event, parse_message
@@ -42,7 +43,9 @@ RECENT_IDS = 100_000
 
 
 class Enqueuer(Protocol):
-    def apply_events(self, tenant: str, events: list[dict[str, Any]]) -> None: ...
+    def apply_events(
+        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False
+    ) -> None: ...
 
     def preload(self, tenant: str | None, reason: str) -> None: ...
 
@@ -74,7 +77,13 @@ class Subscriber:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats: Counter[str] = Counter()
         self.is_leader = False
-        self.batcher = Batcher(settings.batch_size, settings.flush_interval_ms / 1000)
+        self.batcher = Batcher(
+            settings.batch_size,
+            settings.flush_interval_ms / 1000,
+            bulk_batch_size=settings.bulk_batch_size,
+            bulk_flush_interval=settings.bulk_flush_interval_ms / 1000,
+        )
+        self.lanes = LaneRouter(settings.bulk_threshold) if settings.event_lanes else None
         self._stop = threading.Event()
         self._last_seq: dict[tuple[str, str], int] = {}
         self._last_gap_resync: dict[str, float] = {}
@@ -215,16 +224,17 @@ class Subscriber:
                     raise ConnectionLost(f"no data from Redis for {now - last_data:.1f}s")
                 wait = self.batcher.wait_time(now, min(interval, 0.5))
                 message = pubsub.get_message(timeout=wait)
-                idle = True
+                idle, read = True, 0
                 while message is not None:
                     last_data = time.monotonic()
                     self._receive(message)
-                    if len(self.batcher) >= self.settings.batch_size:
+                    read += 1
+                    if self.batcher.full or read >= self.settings.batch_size:
                         idle = False
                         break
                     message = pubsub.get_message(timeout=0)
                 if self.batcher.due(time.monotonic(), idle):
-                    self._flush()
+                    self._flush(everything=False)
         finally:
             self._flush(raise_errors=False)
             try:
@@ -299,25 +309,33 @@ class Subscriber:
                 self._recent_ids.popitem(last=False)
         return replace(event, seq=seq)
 
-    def _flush(self, raise_errors: bool = True) -> None:
-        """Stamp every pending event (one INCRBY per tenant, pipelined) and enqueue batches.
+    def _flush(self, raise_errors: bool = True, everything: bool = True) -> None:
+        """Stamp pending events (one INCRBY per tenant, pipelined) and enqueue batches; unless
+        `everything`, a bulk tenant's young partial batch waits to grow (consumer/batcher.py).
 
         If Redis or the broker fails, the pending events are dropped and the connection is
         treated as lost: the resync that follows the reconnect restores what they carried.
         """
         if not len(self.batcher):
             return
-        pending = self.batcher.drain(time.monotonic())
+        now = time.monotonic()
+        pending = self.batcher.drain(now, everything)
+        if self.lanes is not None:
+            self.lanes.observe(((t, len(evs)) for t, evs in pending.items()), now)
+            self.batcher.bulk = self.lanes.bulk
+        if not pending:
+            return
         try:
             firsts = self.store.reserve_stamps({t: len(evs) for t, evs in pending.items()})
-            size = self.settings.batch_size
             for tenant, events in pending.items():
                 bodies = [
                     self._stamp(e, firsts[tenant] + i).to_task() for i, e in enumerate(events)
                 ]
+                bulk = self.lanes is not None and self.lanes.is_bulk(tenant)
+                size = self.settings.bulk_batch_size if bulk else self.settings.batch_size
                 for start in range(0, len(bodies), size):
-                    self.enqueuer.apply_events(tenant, bodies[start : start + size])
-                    self.stats["batches"] += 1
+                    self.enqueuer.apply_events(tenant, bodies[start : start + size], bulk=bulk)
+                    self.stats["bulk_batches" if bulk else "batches"] += 1
                 self.stats["published"] += len(bodies)
         except (StoreUnavailable, KombuOperationalError, OSError) as exc:
             dropped = sum(len(evs) for evs in pending.values())
