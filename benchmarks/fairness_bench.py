@@ -8,6 +8,11 @@ credit-cost change every ``--probe-ms`` and we record when each becomes visible 
 *flood* tenant publishes a bulk import of ``--flood`` user changes (as fast as Redis takes them,
 or paced at ``--flood-rate`` per second), until the last flood event is applied.
 Each variant runs with its own settings, side by side; prints measured figures only.
+
+Columns: latencies in ms; "to stamp" is publish -> the subscriber stamped the quiet event (its
+read lag; sampled every 2 ms, so approximate); "peak queued tasks" is the broker's event queues'
+largest backlog. A flood published faster than the subscriber reads (unpaced) delays every
+tenant by the subscriber's read lag: pub/sub is one ordered stream per connection.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ class Variant:
     env: dict[str, str]
     workers: tuple[tuple[int, str | None, int], ...]
     """(nice, -Q queues or None for all, processes) per worker command; None: --workers."""
+    options: tuple[str, ...] = ()
 
 
 VARIANTS: dict[str, Variant] = {
     "one queue (lanes off)": Variant({"CRM_EVENT_LANES": "0"}, ((0, None, 0),)),
-    "bulk lane, shared workers": Variant({}, ((0, None, 0),)),
+    "bulk lane (default)": Variant({}, ((0, None, 0),)),
+    "bulk lane, bulk batches of 500": Variant({"CRM_BULK_BATCH_SIZE": "500"}, ((0, None, 0),)),
+    "bulk lane, prefetch 1": Variant({}, ((0, None, 0),), ("--prefetch-multiplier=1",)),
     "bulk lane, own niced worker": Variant(
         {}, ((0, INTERACTIVE_QUEUES, 1), (10, "crm.events.bulk", 1))
     ),
@@ -200,7 +208,9 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
     return q[49], q[98], max(values)
 
 
-def worker_command(nice: int, queues: str | None, count: int) -> list[str]:
+def worker_command(
+    nice: int, queues: str | None, count: int, options: tuple[str, ...]
+) -> list[str]:
     return [
         *(["nice", "-n", str(nice)] if nice else []),
         str(BIN / "celery"),
@@ -213,6 +223,7 @@ def worker_command(nice: int, queues: str | None, count: int) -> list[str]:
         "--without-gossip",
         "--without-mingle",
         "--loglevel=WARNING",
+        *options,
     ]
 
 
@@ -223,7 +234,7 @@ def run_variant(
     r.flushall()
     env = {**args.base_env, **variant.env}
     workers = [
-        worker_command(nice, queues, count or args.workers)
+        worker_command(nice, queues, count or args.workers, variant.options)
         for nice, queues, count in variant.workers
     ]
     with processes([*workers, [str(BIN / "crmcache"), "subscribe"]], env):
@@ -275,8 +286,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood", type=int, default=50_000, help="flood events")
     parser.add_argument("--flood-rate", type=float, default=0, help="events/s, 0: unpaced")
-    parser.add_argument("--probe-ms", type=float, default=20.0, help="quiet probe interval")
-    parser.add_argument("--idle-seconds", type=float, default=4.0)
+    parser.add_argument("--probe-ms", type=float, default=10.0, help="quiet probe interval")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="repeatable")
     args = parser.parse_args()

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     )
     """Events a tenant may send within about a second before its batches take the bulk lane."""
     bulk_batch_size: int = Field(
-        default=500, ge=1, le=10_000, validation_alias=_env("CRM_BULK_BATCH_SIZE")
+        default=200, ge=1, le=10_000, validation_alias=_env("CRM_BULK_BATCH_SIZE")
     )
     """Events per apply_events task in the bulk lane (fewer, larger tasks drain a flood faster)."""
     bulk_flush_interval_ms: float = Field(
