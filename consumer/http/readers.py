@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from config.settings import Settings
+from consumer import SmartCRMConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ ReaderFactory = Callable[[str, Settings], TenantReader]
 
 
 def smart_crm_consumer(tenant: str, settings: Settings) -> TenantReader:
-    from consumer import SmartCRMConsumer  # type: ignore[attr-defined,unused-ignore]
-
     reader: TenantReader = SmartCRMConsumer(tenant, settings=settings)
     return reader
 
