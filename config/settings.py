@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     preload_interval: float = Field(
         default=300.0, ge=5, le=86_400, validation_alias=_env("CRM_PRELOAD_INTERVAL")
     )
+    preload_concurrency: int = Field(
+        default=8, ge=1, le=1000, validation_alias=_env("CRM_PRELOAD_CONCURRENCY")
+    )
+    """Preloads that may ask the Wrapper at once, across every worker (crmcache/preload_runs.py)."""
+    preload_slot_wait: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias=_env("CRM_PRELOAD_SLOT_WAIT")
+    )
+    """Seconds a preload waits for a free slot before it is retried later."""
     preload_page_size: int = Field(
         default=1000, ge=1, le=10_000, validation_alias=_env("CRM_PRELOAD_PAGE_SIZE")
     )

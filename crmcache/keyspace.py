@@ -54,6 +54,12 @@ Global keys: ``crm:dead-letters`` (stream of rejected messages), ``crm:dead-lett
 (beat run guards), ``crm:credit-tenants`` (set of tenants that ever deducted credits: the
 settlement sweep's work list), ``crm:metrics:tenants`` (set of tenants whose readers flushed
 metrics: publish_metrics' work list).
+
+Preload runs (one hash tag, so they share a Cluster slot): ``crm:{preload}:run`` (hash: the
+latest run of many tenants: id, total, done, failed, retried, started-ms, finished-ms),
+``crm:{preload}:failed`` (hash: tenant -> why its preload failed in that run), and
+``crm:{preload}:slots`` (zset: holder -> lease expiry ms; at most CRM_PRELOAD_CONCURRENCY
+preloads ask the Wrapper at once across all workers).
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ DEAD_LETTER_COUNT = "crm:dead-letters:count"
 LEADER = "crm:subscriber:leader"
 CREDIT_TENANTS = "crm:credit-tenants"
 METRICS_TENANTS = "crm:metrics:tenants"
+PRELOAD_RUN = "crm:{preload}:run"
+PRELOAD_FAILED = "crm:{preload}:failed"
+PRELOAD_SLOTS = "crm:{preload}:slots"
 OUTBOX_GROUP = "settlers"
 """The consumer group of every tenant's credit outbox stream."""
 

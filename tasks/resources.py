@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from config.settings import Settings, get_settings
+from crmcache.preload_runs import WrapperSlots
 from crmcache.redis_client import shared_redis
 from crmcache.settlement import Settler
 from crmcache.store import Store
@@ -28,3 +29,13 @@ def wrapper() -> WrapperClient:
 @cache
 def settler() -> Settler:
     return Settler(store(), wrapper())
+
+
+@cache
+def wrapper_slots() -> WrapperSlots:
+    """The fleet-wide bound on preloads asking the Wrapper at once; a slot's lease outlives
+    the task's time limit, so only a killed worker's slot ever expires."""
+    settings = get_settings()
+    return WrapperSlots(
+        store(), settings.preload_concurrency, (settings.task_time_limit + 5) * 1000
+    )
