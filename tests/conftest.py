@@ -143,7 +143,15 @@ def wrapper(sandbox: Any) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def celery_app(env: dict[str, str]) -> Any:
     import tasks
+    from config.celery import celery_config
+    from config.settings import get_settings
+    from tasks import resources
 
+    # A test module may have imported `tasks` at collection time, configuring the app from the
+    # environment as it was then: configure it again from the session's settings.
+    tasks.app.conf.update(celery_config(get_settings()))
+    resources.store.cache_clear()
+    resources.wrapper.cache_clear()
     return tasks.app
 
 

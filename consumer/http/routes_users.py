@@ -21,7 +21,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
 }
 
-UserIdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
+# A path segment cannot carry "/" and a "%" is decoded by the server: ids holding either are
+# only addressable where they are query parameters.
+PATH_IDENT_PATTERN = r"^[!-$&-.0-~]{1,256}$"
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=PATH_IDENT_PATTERN)]
 IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
 
 
