@@ -234,7 +234,7 @@ class Subscriber:
                         break
                     message = pubsub.get_message(timeout=0)
                 if self.batcher.due(time.monotonic(), idle):
-                    self._flush(everything=False)
+                    self._flush(everything=idle)
         finally:
             self._flush(raise_errors=False)
             try:

@@ -82,18 +82,24 @@ def test_a_flush_for_a_quiet_tenant_leaves_a_young_bulk_batch_to_grow() -> None:
     ("count", "now", "due"),
     [(499, 10.01, False), (500, 10.0, True), (1, 10.05, True), (1, 10.049, False)],
 )
-def test_a_bulk_batch_is_due_when_full_or_old(count: int, now: float, due: bool) -> None:
+def test_on_a_busy_socket_a_bulk_batch_is_due_when_full_or_old(
+    count: int, now: float, due: bool
+) -> None:
     batcher = bulk_batcher()
     for _ in range(count):
         batcher.add(event("flood"), now=10.0)
-    assert batcher.due(now=now, idle=True) is due
+    assert batcher.due(now=now, idle=False) is due
     assert (len(batcher.drain(now=now, everything=False)) == 1) is due
 
 
-def test_the_wait_for_a_lone_bulk_event_is_the_bulk_interval() -> None:
+def test_an_idle_socket_sends_a_bulk_tenants_events_at_once() -> None:
+    # Given a bulk tenant whose pipeline keeps up (the socket is idle between its events)
     batcher = bulk_batcher()
     batcher.add(event("flood"), now=10.0)
-    assert batcher.wait_time(now=10.01, ceiling=1.0) == pytest.approx(0.04)
+    # Then its lone event is due at once, as any tenant's
+    assert batcher.due(now=10.0, idle=True)
+    assert batcher.wait_time(now=10.0, ceiling=1.0) == 0.0
+    assert list(batcher.drain(now=10.0, everything=True)) == ["flood"]
 
 
 def test_draining_everything_includes_young_bulk_batches() -> None:
