@@ -7,6 +7,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from config.settings import Settings
+from crmcache.redis_urls import kombu_broker
 
 EVENTS_QUEUE = "crm.events"
 EVENTS_BULK_QUEUE = "crm.events.bulk"
@@ -20,13 +21,15 @@ QUEUES = (EVENTS_QUEUE, EVENTS_BULK_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Lowercase Celery settings: JSON only, late acks, no result backend, bounded publishing."""
     exchange = Exchange("crm", type="direct")
+    # redis+sentinel:// becomes kombu's sentinel:// form plus master_name (redis_urls.py).
+    broker_url, broker_extras = kombu_broker(settings.broker_url)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker_url,
         # Celery prefers CELERY_BROKER_URL from the environment over broker_url; the read and
         # write URLs win over both, so the Settings object (which reads that variable too)
         # stays the one source: a producer built from other Settings uses their broker.
-        "broker_read_url": settings.broker_url,
-        "broker_write_url": settings.broker_url,
+        "broker_read_url": broker_url,
+        "broker_write_url": broker_url,
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -51,6 +54,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_timeout": settings.redis_socket_timeout,
             "socket_connect_timeout": settings.redis_socket_timeout,
             "health_check_interval": 10,
+            **broker_extras,
         },
         "task_publish_retry": True,
         "task_publish_retry_policy": {

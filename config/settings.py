@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     redis_socket_timeout: float = Field(
         default=5.0, gt=0, le=60, validation_alias=_env("CRM_REDIS_SOCKET_TIMEOUT")
     )
+    redis_cluster: bool = Field(default=False, validation_alias=_env("CRM_REDIS_CLUSTER"))
+    """REDIS_URL (or REDIS_HOST/PORT) names a node of a Redis Cluster: the same as giving
+    REDIS_URL as redis+cluster://host:port (see crmcache/redis_urls.py)."""
     celery_broker_url: str | None = Field(default=None, validation_alias=_env("CELERY_BROKER_URL"))
 
     # --- The Wrapper (upstream source of truth) ------------------------------------------
@@ -270,9 +273,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _redis_urls_usable(self) -> Settings:
+        from crmcache.redis_urls import RedisUrlError, kombu_broker, parse_redis_url
+
+        try:
+            parse_redis_url(self.cache_url)
+        except RedisUrlError as exc:
+            raise ValueError(f"REDIS_URL: {exc}") from None
+        try:
+            kombu_broker(self.broker_url)
+        except RedisUrlError as exc:
+            hint = "" if self.celery_broker_url else " (it defaults to REDIS_URL: set it)"
+            raise ValueError(f"CELERY_BROKER_URL: {exc}{hint}") from None
+        return self
+
     @property
     def cache_url(self) -> str:
-        """The Redis URL of the cache: REDIS_URL, else one built from the seed's REDIS_* parts."""
+        """The Redis URL of the cache: REDIS_URL, else one built from the seed's REDIS_* parts;
+        with CRM_REDIS_CLUSTER, a redis+cluster:// URL of the same node."""
+        url = self._plain_cache_url()
+        if self.redis_cluster and url.startswith(("redis://", "rediss://")):
+            scheme, rest = url.split("://", 1)
+            host_part = rest.split("/", 1)[0]
+            return f"{scheme}+cluster://{host_part}"
+        return url
+
+    def _plain_cache_url(self) -> str:
         if self.redis_url:
             return self.redis_url
         auth = ""

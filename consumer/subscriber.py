@@ -32,7 +32,7 @@ from consumer.lanes import LaneRouter
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
 from crmcache.events import Event, parse_message
-from crmcache.redis_client import make_redis
+from crmcache.redis_client import make_redis, pubsub_client
 from crmcache.store import Store
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Subscriber:
         # would never know to resync what was lost meanwhile.
         # Keep the client referenced for the life of the subscription: when it is garbage
         # collected it closes its pool, and with it the pub/sub connection.
-        self._pubsub_client = client = redis.Redis.from_url(
+        self._pubsub_client = client = pubsub_client(
             self.settings.cache_url,
             socket_timeout=self.settings.redis_socket_timeout,
             socket_connect_timeout=self.settings.redis_socket_timeout,

@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from crmcache.errors import (
     BalanceUnknown,
@@ -250,6 +251,11 @@ def deduct(
 def _run_deduct(store: Store, tenant: str, keys: list[str], args: list[Any]) -> Any:
     """SADD the tenant to the settlement work list and run the script in one round trip."""
     script = store.script("deduct_credits")
+    if isinstance(store.redis, RedisCluster):
+        # A Cluster pipeline cannot carry EVALSHA, and CREDIT_TENANTS lives in another slot.
+        with translate_errors():
+            store.redis.sadd(CREDIT_TENANTS, tenant)
+            return script(keys, args)
     for _ in range(2):
         with translate_errors():
             pipe = store.redis.pipeline(transaction=False)

@@ -15,7 +15,7 @@ from consumer.http.readers import ReaderFactory, Readers
 from crmcache.apikeys import ApiKeyRing
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import TenantKeys
-from crmcache.redis_client import make_redis
+from crmcache.redis_client import make_async_redis, make_redis
 from crmcache.store import Store, translate_errors
 from crmcache.wrapper import WrapperClient
 
@@ -65,10 +65,8 @@ class ApiService:
         """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
 
     async def start(self) -> None:
-        self.async_redis = redis.asyncio.Redis.from_url(
-            self.settings.cache_url,
-            socket_timeout=self.settings.reader_timeout_ms / 1000,
-            socket_connect_timeout=self.settings.reader_timeout_ms / 1000,
+        self.async_redis = make_async_redis(
+            self.settings.cache_url, socket_timeout=self.settings.reader_timeout_ms / 1000
         )
 
     async def stop(self) -> None:
