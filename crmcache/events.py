@@ -203,7 +203,11 @@ def _plan_config(data: Mapping[str, Any], plan: WritePlan) -> None:
 
 
 def _plan_credits(data: Mapping[str, Any], plan: WritePlan) -> None:
-    plan.credit_deltas.append((_id(data["userId"]), _number(data["delta"])))
+    user = _id(data["userId"])
+    plan.credit_deltas.append((user, _number(data["delta"])))
+    # A balance read through from the Wrapper while this top-up is applied may predate it:
+    # dropping the lease stops that fetch from filling the balance (the next read refetches).
+    plan.invalidate.append((RefKind.CREDITS, user))
 
 
 def _compact(value: object) -> str:

@@ -252,3 +252,17 @@ def test_repeated_event_id_with_a_fresh_stamp_is_a_no_op(r: redis.Redis, store: 
     # Then it changes nothing: B's value stays
     assert result.duplicates == 1
     assert r.hget(KEYS.values(DataClass.CREDIT_COSTS), "op") == b"6"
+
+
+def test_top_up_of_an_uncached_balance_stops_an_inflight_read_through(
+    r: redis.Redis, store: Store
+) -> None:
+    # Given a read-through of u1's balance in flight (it holds the lease), nothing cached yet
+    r.set(KEYS.lease(RefKind.CREDITS, "u1"), "token-1")
+    # When a top-up is applied
+    store.apply_events(
+        TENANT, [stamp("user-credits-changed", {"userId": "u1", "delta": 5}, 1, eventId="t1")]
+    )
+    # Then the lease is gone, so the fetch (which may predate the top-up) cannot fill it
+    assert not r.exists(KEYS.lease(RefKind.CREDITS, "u1"))
+    assert not r.exists(KEYS.balance("u1"))
