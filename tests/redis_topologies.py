@@ -7,12 +7,16 @@ anyway, and it has ``--cluster-enabled`` and ``--sentinel``.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import redis
 
-from crmcache.redis_server import RedisServer
+from crmcache.redis_server import RedisServer, free_port, server_binary
 
 CLUSTER_SLOTS = 16384
 BUS_PORT_OFFSET = 10_000
@@ -120,3 +124,120 @@ class RedisClusterHarness:
             client = redis.Redis(port=server.port)
             client.flushall()
             client.close()
+
+
+class SentinelProcess:
+    """One ``redis-server --sentinel`` with its config file in a temporary directory."""
+
+    def __init__(self, service: str, master_port: int) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="crmcache-sentinel-")
+        self.config = Path(self.dir) / "sentinel.conf"
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    "protected-mode no",
+                    f"dir {self.dir}",
+                    f"sentinel monitor {service} 127.0.0.1 {master_port} 1",
+                    f"sentinel down-after-milliseconds {service} 1000",
+                    f"sentinel failover-timeout {service} 10000",
+                    f"sentinel parallel-syncs {service} 1",
+                    "",
+                ]
+            )
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelProcess:
+        self.process = subprocess.Popen(
+            [server_binary(), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            _wait(lambda: client.ping(), 10, "the Sentinel to answer")
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelHarness:
+    """A master, a replica and one Sentinel watching them (quorum 1, failover in seconds)."""
+
+    SERVICE = "crm-master"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel: SentinelProcess | None = None
+
+    def url(self, db: int = 0) -> str:
+        assert self.sentinel is not None
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.SERVICE}/{db}"
+
+    def start(self) -> SentinelHarness:
+        try:
+            self.master.start()
+            self.replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port))
+            self.replica.start()
+            replica = redis.Redis(port=self.replica.port)
+            try:
+                _wait(
+                    lambda: replica.info("replication")["master_link_status"] == "up",
+                    30,
+                    "the replica to sync",
+                )
+            finally:
+                replica.close()
+            self.sentinel = SentinelProcess(self.SERVICE, self.master.port).start()
+            _wait(lambda: self.replicas_known() >= 1, 20, "the Sentinel to know the replica")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def sentinel_client(self) -> redis.Redis:
+        assert self.sentinel is not None
+        return redis.Redis(port=self.sentinel.port, socket_timeout=2, decode_responses=True)
+
+    def replicas_known(self) -> int:
+        client = self.sentinel_client()
+        try:
+            return len(client.execute_command("SENTINEL", "REPLICAS", self.SERVICE))
+        finally:
+            client.close()
+
+    def master_port(self) -> int:
+        client = self.sentinel_client()
+        try:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.SERVICE)
+            return int(port)
+        finally:
+            client.close()
+
+    def kill_master(self) -> None:
+        """SIGKILL the master: no goodbye, whatever it had not replicated is lost."""
+        assert self.master.process is not None
+        self.master.process.kill()
+        self.master.process.wait(timeout=5)
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
+        for server in (self.replica, self.master):
+            server.cleanup()
