@@ -117,8 +117,9 @@ def publish(client: redis.Redis, tenant: str, stream: str, event_type: str, data
 
 
 def test_a_cluster_url_without_a_broker_url_is_refused_naming_the_variable(
-    cluster: RedisClusterHarness,
+    cluster: RedisClusterHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     with pytest.raises(ConfigError, match="CELERY_BROKER_URL"):
         load_settings(REDIS_URL=cluster.url)
     node = f"redis://127.0.0.1:{cluster.servers[0].port}"
