@@ -38,9 +38,10 @@ compose-check: install
 unit: install
 	$(BIN)/pytest
 
-## Benchmarks: measured figures printed side by side with their baselines.
+## Benchmarks: measured figures printed side by side with their baselines (not tests).
+BENCHES := pipeline_bench read_bench api_bench fairness_bench scale_bench tenants_bench
 bench: install
-	$(BIN)/python -m benchmarks.pipeline_bench
+	@for b in $(BENCHES); do echo "== benchmarks.$$b"; $(BIN)/python -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
