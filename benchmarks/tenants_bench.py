@@ -27,9 +27,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 from celery import Celery
 
@@ -110,7 +110,11 @@ def cached_fields(r: redis.Redis, tenants: list[str]) -> int:
 
 
 def rss_mib(pid: int) -> float:
-    return float(psutil.Process(pid).memory_info().rss) / MIB
+    """Resident set size (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / MIB
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def subscriber_memory(r: redis.Redis, env: dict[str, str], tenants: list[str]) -> dict[str, str]:
