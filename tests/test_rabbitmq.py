@@ -9,20 +9,28 @@ subscriber publishing to it. Skipped, with the reason, when no RabbitMQ answers 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 
-from config.celery import celery_config
+from config.celery import EVENTS_QUEUE, celery_config
 from consumer.enqueue import CeleryEnqueuer
 from consumer.subscriber import Subscriber
+from crmcache import keyspace
+from crmcache.keyspace import DataClass, TenantKeys
+from crmcache.redis_server import RedisServer
 from tests import test_pipeline as pipeline
 from tests.conftest import RunningSubscriber, wait_until
 from tests.processes import Proc, worker_args
 from tests.rabbitmq import PrivateVhost, RabbitMQUnavailable, report, required
+from tests.tcp_proxy import TcpProxy
+from tests.test_chaos import cost_json, stamped_bodies
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +130,69 @@ test_credit_top_up_is_added_once_to_a_cached_balance = (
 test_events_of_one_burst_are_batched_into_few_tasks = (
     pipeline.test_events_of_one_burst_are_batched_into_few_tasks
 )
+
+
+@pytest.mark.slow
+def test_a_killed_worker_host_gets_its_batch_redelivered_at_once_and_applied_once(
+    r: redis.Redis,
+    env: dict[str, str],
+    settings: Any,
+    rabbitmq: PrivateVhost,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Given a worker (its own vhost) whose replies from the cache can be held in flight
+    vhost = PrivateVhost()
+    proxy = TcpProxy(redis_server.port)
+    app = ping_app(settings, vhost.url)
+    keys = TenantKeys.of("amqp-kill")
+    r.set(keys.balance("u1"), "10")
+    r.script_load(keyspace.lua_source("apply_events"))  # so the batch is one EVALSHA
+    proc_env = {**os.environ, "CELERY_BROKER_URL": vhost.url, "CRM_LOG_LEVEL": "INFO"}
+    first = Proc(
+        worker_args(pool="prefork", concurrency=1),
+        {**proc_env, "REDIS_URL": proxy.url},
+        tmp_path / "first.log",
+    )
+    second: Proc | None = None
+    try:
+        wait_until(lambda: app.control.ping(timeout=0.5), timeout=40, what="the first worker")
+        # When a batch (a top-up and a cost) is applied in Redis but its reply is held, and the
+        # worker's whole host dies (main process and child, no goodbye)
+        proxy.hold("down")
+        batch = stamped_bodies(
+            "amqp-kill",
+            1,
+            [
+                '{"eventType": "user-credits-changed", "data": {"userId": "u1", "delta": 5}}',
+                cost_json("c", 2),
+            ],
+        )
+        task_id = app.send_task(
+            "crmcache.apply_events", args=("amqp-kill", batch), queue=EVENTS_QUEUE
+        ).id
+        wait_until(lambda: proxy.held_bytes > 0, timeout=20, what="the reply held in flight")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.stop()
+        proxy.release()
+        # Then RabbitMQ hands the unacknowledged batch to the next worker at once (no
+        # visibility timeout to wait for: CRM_VISIBILITY_TIMEOUT is 60 s here), applied once
+        second = Proc(
+            worker_args(), {**proc_env, "REDIS_URL": env["REDIS_URL"]}, tmp_path / "second.log"
+        )
+        started = time.monotonic()
+        wait_until(
+            lambda: f"apply_events[{task_id}] succeeded" in second.output(),  # type: ignore[union-attr]
+            timeout=40,
+            what=lambda: f"the redelivery\n{second.output()[-3000:]}",  # type: ignore[union-attr]
+        )
+        assert time.monotonic() - started < settings.visibility_timeout / 2
+        assert r.get(keys.balance("u1")) == b"15"
+        assert r.hget(keys.values(DataClass.CREDIT_COSTS), "c") == b"2"
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+        app.close()
+        proxy.close()
+        vhost.delete()
