@@ -244,7 +244,10 @@ def main() -> int:
             ("crmcache (micro-batches)", "100", args.events),
             ("one Celery task per event", "1", args.per_event_events),
         ):
-            with processes([worker, subscriber], {**env, "CRM_BATCH_SIZE": batch}):
+            # Lanes off: a bulk tenant's batches would grow past CRM_BATCH_SIZE (consumer/lanes.py).
+            lanes = "1" if batch != "1" else "0"
+            batch_env = {**env, "CRM_BATCH_SIZE": batch, "CRM_EVENT_LANES": lanes}
+            with processes([worker, subscriber], batch_env):
                 wait_listening(r)
                 rows.append(run(name, r, server.url, args, events))
             r.flushall()
