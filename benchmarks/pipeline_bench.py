@@ -244,7 +244,7 @@ def main() -> int:
             ("crmcache (micro-batches)", "100", args.events),
             ("one Celery task per event", "1", args.per_event_events),
         ):
-            # Lanes off: a bulk tenant's batches would grow past CRM_BATCH_SIZE (consumer/lanes.py).
+            # The baseline runs with lanes off, or a bulk tenant's batches would grow past 1.
             lanes = "1" if batch != "1" else "0"
             batch_env = {**env, "CRM_BATCH_SIZE": batch, "CRM_EVENT_LANES": lanes}
             with processes([worker, subscriber], batch_env):
