@@ -296,7 +296,14 @@ def _optional_timestamp(envelope: Mapping[str, Any], name: str) -> str | None:
 
 def _credit_config_changed(data: Mapping[str, Any]) -> None:
     _require_id(data, "operationCode")
-    for name, required in (("newValue", True), ("oldValue", False)):
+    _require_numbers(data, (("newValue", True), ("oldValue", False)), non_negative=True)
+
+
+def _require_numbers(
+    data: Mapping[str, Any], fields: tuple[tuple[str, bool], ...], *, non_negative: bool
+) -> None:
+    """Each (name, required) field is a finite JSON number (not a boolean), >= 0 if asked."""
+    for name, required in fields:
         value = data.get(name)
         if value is None and not required:
             continue
@@ -304,9 +311,10 @@ def _credit_config_changed(data: Mapping[str, Any]) -> None:
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
-            or value < 0
+            or (non_negative and value < 0)
         ):
-            raise InvalidEvent(f"{name} must be a number >= 0")
+            wanted = "a number >= 0" if non_negative else "a finite number"
+            raise InvalidEvent(f"{name} must be {wanted}")
 
 
 def _role_changed(data: Mapping[str, Any]) -> None:
@@ -342,16 +350,7 @@ def _config_changed(data: Mapping[str, Any]) -> None:
 
 def _user_credits_changed(data: Mapping[str, Any]) -> None:
     _require_id(data, "userId")
-    for name, required in (("delta", True), ("available", False)):
-        value = data.get(name)
-        if value is None and not required:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise InvalidEvent(f"{name} must be a finite number")
+    _require_numbers(data, (("delta", True), ("available", False)), non_negative=False)
 
 
 def _requires(name: str) -> Callable[[Mapping[str, Any]], None]:
