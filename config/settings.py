@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         default=50.0, gt=0, le=10_000, validation_alias=_env("CRM_BULK_FLUSH_INTERVAL_MS")
     )
     """How long a bulk tenant's partial batch may wait to grow (its events only)."""
+    subscriber_shards: int = Field(
+        default=16, ge=1, le=1024, validation_alias=_env("CRM_SUBSCRIBER_SHARDS")
+    )
+    """Pub/sub connections the active subscriber spreads listed tenants (CRM_TENANTS) over, so
+    that one tenant's flood cannot queue in front of another's messages; with at least as many
+    connections as tenants each has its own (consumer/pubsub_shards.py)."""
     preload_interval: float = Field(
         default=300.0, ge=5, le=86_400, validation_alias=_env("CRM_PRELOAD_INTERVAL")
     )

@@ -3,7 +3,8 @@
 Thin by design: it validates, stamps and batches; the workers do the writing. Only one
 subscriber is active at a time (a Redis lease); others wait as standbys and take over within
 the lease time. Every (re)subscribe enqueues a resync, because pub/sub loses whatever was
-published while nobody listened.
+published while nobody listened. Listed tenants are read over several pub/sub connections in
+turn, so that one tenant's flood cannot hold back another's events (consumer/pubsub_shards.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from redis.retry import Retry
 from config.settings import Settings
 from consumer.batcher import Batcher
 from consumer.lanes import LaneRouter
+from consumer.pubsub_shards import ConnectionLost, PubSubShards, channel_groups
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
 from crmcache.events import Event, parse_message
@@ -37,7 +39,6 @@ from crmcache.store import Store
 
 logger = logging.getLogger(__name__)
 
-LIVENESS_PING = "crmcache-liveness"
 GAP_RESYNC_INTERVAL = 5.0
 RECENT_IDS = 100_000
 
@@ -48,21 +49,6 @@ class Enqueuer(Protocol):
     ) -> None: ...
 
     def preload(self, tenant: str | None, reason: str) -> None: ...
-
-
-class _CountingPubSub(redis.client.PubSub):
-    """Counts connects: redis-py reconnects and resubscribes by itself in some paths (its
-    connect callback), and a silent reconnect must be treated as the lost connection it is."""
-
-    connects = 0
-
-    def on_connect(self, connection: Any) -> None:
-        self.connects += 1
-        super().on_connect(connection)
-
-
-class ConnectionLost(Exception):
-    """The pub/sub connection is dead or silent (half-open TCP): reconnect."""
 
 
 class Subscriber:
@@ -90,8 +76,6 @@ class Subscriber:
         self._recent_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._lease_ms = int(settings.leader_lease * 1000)
         self._last_renewal = 0.0
-        self._subscribed_connects = 0
-        self._pubsub_client: redis.Redis | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -173,82 +157,54 @@ class Subscriber:
 
     # --- serving --------------------------------------------------------------------------------
 
-    def _connect(self) -> _CountingPubSub:
+    def _connect(self) -> PubSubShards:
         # No silent retries: redis-py would reconnect and resubscribe behind our back, and we
         # would never know to resync what was lost meanwhile.
-        # Keep the client referenced for the life of the subscription: when it is garbage
-        # collected it closes its pool, and with it the pub/sub connection.
-        self._pubsub_client = client = pubsub_client(
+        client = pubsub_client(
             self.settings.cache_url,
             socket_timeout=self.settings.redis_socket_timeout,
             socket_connect_timeout=self.settings.redis_socket_timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
         )
-        pubsub = _CountingPubSub(client.connection_pool)
-        names = keyspace.input_patterns(self.settings.tenants)
         # Listed tenants get exact channels: Redis matches every PUBLISH against every pattern
-        # of every client, and 5,000 patterns (1,000 tenants) cost ~140 us per PUBLISH.
-        kind = "subscribe" if self.settings.tenants else "psubscribe"
-        if self.settings.tenants:
-            pubsub.subscribe(*names)
-        else:
-            pubsub.psubscribe(*names)
-        confirmed, connects = 0, pubsub.connects
-        deadline = time.monotonic() + self.settings.redis_socket_timeout
-        while confirmed < len(names) or connects != pubsub.connects:
-            if time.monotonic() > deadline:
-                raise ConnectionLost(f"{kind} was not confirmed in time")
-            if connects != pubsub.connects:  # confirmations of an earlier connection don't count
-                confirmed, connects = 0, pubsub.connects
-            message = pubsub.get_message(timeout=0.5)
-            if message and message["type"] == kind:
-                confirmed += 1
-        self._subscribed_connects = pubsub.connects
-        return pubsub
+        # of every client, and 5,000 patterns (1,000 tenants) cost ~140 us per PUBLISH. They
+        # are spread over several connections, so that one tenant's flood cannot queue in
+        # front of another tenant's messages (consumer/pubsub_shards.py).
+        groups = channel_groups(self.settings.tenants, self.settings.subscriber_shards)
+        shards = PubSubShards(
+            client, groups, "subscribe" if self.settings.tenants else "psubscribe"
+        )
+        try:
+            shards.subscribe(self.settings.redis_socket_timeout)
+        except BaseException:
+            shards.close()
+            raise
+        return shards
 
     def _serve(self) -> None:
-        pubsub = self._connect()
+        shards = self._connect()
         self.stats["subscribes"] += 1
         # Anything published while we were not listening is lost: heal it with a resync that
-        # starts only now that the subscription is confirmed.
+        # starts only now that every subscription is confirmed.
         self.enqueuer.preload(None, "resubscribe")
         self.stats["resyncs"] += 1
         interval = self.settings.health_check_interval
-        last_data = last_ping = time.monotonic()
         try:
             while not self.stopping:
                 now = time.monotonic()
                 if not self._keep_lease(now):
                     return
-                if now - last_ping >= interval:
-                    pubsub.ping(LIVENESS_PING)
-                    last_ping = now
-                if pubsub.connects != self._subscribed_connects:
-                    raise ConnectionLost("the pub/sub connection was re-established")
-                if now - last_data > 3 * interval:
-                    raise ConnectionLost(f"no data from Redis for {now - last_data:.1f}s")
+                shards.check(now, interval)
                 wait = self.batcher.wait_time(now, min(interval, 0.5))
-                message = pubsub.get_message(timeout=wait)
-                idle, read = True, 0
-                while message is not None:
-                    last_data = time.monotonic()
-                    self._receive(message)
-                    read += 1
-                    if self.batcher.full or read >= self.settings.batch_size:
-                        idle = False
-                        break
-                    message = pubsub.get_message(timeout=0)
+                # At most one batch's worth per connection per turn: a flooded connection gets
+                # a turn, not the whole loop, and the turn bounds how long a flush waits.
+                idle = shards.read(self._receive, self.settings.batch_size, wait)
                 if self.batcher.due(time.monotonic(), idle):
                     self._flush(everything=idle)
         finally:
             self._flush(raise_errors=False)
-            try:
-                pubsub.close()
-                if self._pubsub_client is not None:
-                    self._pubsub_client.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection may fail any way
-                pass
+            shards.close()
 
     def _receive(self, message: dict[str, Any]) -> None:
         if message["type"] not in ("pmessage", "message"):

@@ -1,5 +1,6 @@
 """Fair sharing between tenants, end to end: a tenant that floods takes the bulk lane in large
-batches, and another tenant's event is not held back by the flood's backlog.
+batches, another tenant's event is not held back by the flood's backlog, and a flood published
+faster than the subscriber reads does not queue in front of another tenant's messages.
 
 Each test has its own broker database, so that no other worker of the session consumes it.
 Exact latency figures belong to ``benchmarks/fairness_bench.py``; the bounds here are generous.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from consumer.subscriber import Subscriber
 from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.redis_server import RedisServer
 from tests.conftest import RunningSubscriber, wait_until
-from tests.processes import Proc, running, worker_args
+from tests.processes import Proc, running, subscriber_args, worker_args
 
 FLOOD, QUIET = TenantKeys.of("flood"), TenantKeys.of("quiet")
 
@@ -152,3 +155,64 @@ def test_a_quiet_tenants_event_overtakes_a_flood_backlog(
         applied = r.hlen(users)
         assert applied < 10_000, f"the quiet event waited for {applied} flood events"
         assert latency < 2.0
+
+
+def probe_latencies(r: redis.Redis, until: Callable[[], bool], count: int = 10**6) -> list[float]:
+    """Publish a quiet cost change every 10 ms until `until()` (or `count` of them); seconds
+    from each publish until the cache holds it (one at a time: each probe is waited for)."""
+    costs, latencies = QUIET.values(DataClass.CREDIT_COSTS), []
+    start = int(r.hget(costs, "op") or 0)
+    deadline = time.monotonic() + 60
+    while len(latencies) < count and not until() and time.monotonic() < deadline:
+        value = start + len(latencies) + 1
+        published = time.monotonic()
+        assert r.publish(QUIET.channel("credit-configs"), cost_changed(value)) == 1
+        expected = str(value).encode()
+        wait_until(lambda v=expected: r.hget(costs, "op") == v, timeout=20, interval=0.001)
+        latencies.append(time.monotonic() - published)
+        time.sleep(max(0.0, published + 0.01 - time.monotonic()))
+    return latencies
+
+
+def p99_ms(latencies: list[float]) -> float:
+    return statistics.quantiles(latencies, n=100)[98] * 1000
+
+
+def test_an_unpaced_flood_does_not_queue_in_front_of_another_tenants_events(
+    r: redis.Redis,
+    env: dict[str, str],
+    wrapper: Any,
+    private_broker: tuple[str, redis.Redis],
+    tmp_path: Path,
+) -> None:
+    # Given a subscriber serving two listed tenants (each on a pub/sub connection of its own
+    # by default) and two worker processes, all real processes
+    for tenant in ("flood", "quiet"):
+        wrapper.add_tenant(tenant)
+    proc_env = {
+        **os.environ,
+        **env,
+        "CELERY_BROKER_URL": private_broker[0],
+        "CRM_TENANTS": "flood,quiet",
+        "CRM_LOG_LEVEL": "WARNING",
+    }
+    worker = Proc(worker_args(pool="prefork", concurrency=2), proc_env, tmp_path / "worker.log")
+    sub = Proc(subscriber_args(), proc_env, tmp_path / "subscriber.log")
+    publisher = redis.Redis.from_url(env["REDIS_URL"])
+    with running(worker, sub):
+        wait_until(lambda: r.hget(QUIET.meta, "ready") == b"1", timeout=30, what="first resync")
+        idle = probe_latencies(r, lambda: False, count=100)
+        # When another tenant publishes 50,000 user changes as fast as Redis takes them (faster
+        # than one subscriber reads them) while the quiet tenant changes a cost every 10 ms
+        flooding = threading.Thread(target=publish_flood, args=(publisher, 50_000))
+        flooding.start()
+        users = FLOOD.values(DataClass.USER_STATUS)
+        busy = probe_latencies(r, lambda: r.hlen(users) >= 50_000)
+        flooding.join()
+        assert r.hlen(users) == 50_000, sub.output()[-2000:]
+    publisher.close()
+    # Then the quiet tenant's changes keep arriving: none waits for the flood's read backlog
+    # (with one pub/sub connection for both, CRM_SUBSCRIBER_SHARDS=1, the worst took ~1.2 s)
+    worst = max(busy) * 1000
+    assert worst < 500, f"quiet: worst {worst:.0f} ms flooded, p99 {p99_ms(idle):.0f} ms idle"
+    assert len(busy) >= 20
