@@ -11,8 +11,10 @@ Each variant runs with its own settings, side by side; prints measured figures o
 
 Columns: latencies in ms; "to stamp" is publish -> the subscriber stamped the quiet event (its
 read lag; sampled every 2 ms, so approximate); "peak queued tasks" is the broker's event queues'
-largest backlog. A flood published faster than the subscriber reads (unpaced) delays every
-tenant by the subscriber's read lag: pub/sub is one ordered stream per connection.
+largest backlog. Pub/sub is one ordered stream per connection: with every tenant on one
+connection (``CRM_SUBSCRIBER_SHARDS=1``, the baseline) a flood published faster than the
+subscriber reads (unpaced) delays every tenant by the subscriber's read lag; sharded (the
+default), the quiet tenant has a connection of its own (consumer/pubsub_shards.py).
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ class Variant:
     options: tuple[str, ...] = ()
 
 
+ONE_CONNECTION = {"CRM_SUBSCRIBER_SHARDS": "1"}
+"""The baseline: every tenant's channels on one pub/sub connection."""
+
 VARIANTS: dict[str, Variant] = {
-    "one queue (lanes off)": Variant({"CRM_EVENT_LANES": "0"}, ((0, None, 0),)),
-    "bulk lane (default)": Variant({}, ((0, None, 0),)),
-    "bulk lane, bulk batches of 500": Variant({"CRM_BULK_BATCH_SIZE": "500"}, ((0, None, 0),)),
-    "bulk lane, prefetch 1": Variant({}, ((0, None, 0),), ("--prefetch-multiplier=1",)),
-    "bulk lane, own niced worker": Variant(
+    "lanes off, 1 connection": Variant({"CRM_EVENT_LANES": "0", **ONE_CONNECTION}, ((0, None, 0),)),
+    "bulk lane, 1 connection": Variant(ONE_CONNECTION, ((0, None, 0),)),
+    "bulk lane, sharded (default)": Variant({}, ((0, None, 0),)),
+    "lanes off, sharded": Variant({"CRM_EVENT_LANES": "0"}, ((0, None, 0),)),
+    "bulk lane, sharded, prefetch 1": Variant({}, ((0, None, 0),), ("--prefetch-multiplier=1",)),
+    "bulk lane, sharded, own niced worker": Variant(
         {}, ((0, INTERACTIVE_QUEUES, 1), (10, "crm.events.bulk", 1))
     ),
 }
