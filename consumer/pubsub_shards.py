@@ -2,8 +2,9 @@
 
 Redis delivers one connection's messages as one ordered stream: on a single connection a quiet
 tenant's event waits behind every message of a flood published before it, however the
-subscriber batches afterwards (a 50,000-event import published at ~75,000/s, read at
-~25,000-30,000/s, held it back ~1.8 s). So listed tenants (CRM_TENANTS) are spread over up to
+subscriber batches afterwards (a 50,000-event import published at ~90,000/s, read at
+~25,000/s, held it back 1.3-2.1 s at p99; sharded, 95-181 ms: benchmarks/fairness_bench.py).
+So listed tenants (CRM_TENANTS) are spread over up to
 ``CRM_SUBSCRIBER_SHARDS`` connections, and each turn reads at most ``quota`` messages from each
 connection that has some: a flooded connection's backlog stays in its own socket (and in
 Redis's output buffer for that client), and every other connection gets its turn within one
