@@ -42,6 +42,8 @@ class Ticking(Protocol):
 
     def on_disconnect(self) -> None: ...
 
+    def on_subscribed(self) -> None: ...
+
     def tick(self, now: float) -> None: ...
 
 
@@ -171,7 +173,7 @@ class Background:
                 # Confirmed only now: a version confirmed before this instant may have changed
                 # unannounced, so every reader of the channel revalidates once.
                 for reader in by_channel.get(channel, ()):
-                    reader.on_disconnect()
+                    reader.on_subscribed()
             elif message["type"] == "message":
                 version, written = _version_of(message["data"])
                 if version is not None:

@@ -140,6 +140,11 @@ class CriticalReader:
 
     def credit_cost(self, operation: str) -> CreditCost:
         start = _perf_ns()
+        answer = self.near_credit_cost(operation, start)
+        return answer if answer is not None else self._credit_cost_from_redis(operation, start)
+
+    def near_credit_cost(self, operation: str, start: int) -> CreditCost | None:
+        """The near-cache's answer, or None when it cannot give one (no I/O)."""
         near = self.near
         entry = near.costs.get(operation)
         if entry is not None and self.serve_near:
@@ -155,7 +160,7 @@ class CriticalReader:
                 )
                 self.metrics.record_near_hit(COSTS, _perf_ns() - start)
                 return result
-        return self._credit_cost_from_redis(operation, start)
+        return None
 
     def _credit_cost_from_redis(self, operation: str, start: int) -> CreditCost:
         read_at = _monotonic()
@@ -192,6 +197,13 @@ class CriticalReader:
 
     def check_permission(self, user_id: str, permission: str) -> PermissionCheck:
         start = _perf_ns()
+        answer = self.near_permission(user_id, permission, start)
+        if answer is not None:
+            return answer
+        return self._check_from_redis(user_id, permission, start)
+
+    def near_permission(self, user_id: str, permission: str, start: int) -> PermissionCheck | None:
+        """The near-cache's answer, or None when it cannot give one (no I/O)."""
         near = self.near
         entry = near.users.get(user_id)
         if entry is not None and self.serve_near:
@@ -212,7 +224,7 @@ class CriticalReader:
                         age,
                         "near-cache",
                     )
-        return self._check_from_redis(user_id, permission, start)
+        return None
 
     def _decide_cached(self, user: Entry, permission: str, gen: int | None) -> Decision | None:
         """Decide from cached entries of generation ``gen`` (any generation when None); None

@@ -9,6 +9,12 @@ as the last-known-good copy that degraded mode answers from when Redis is unreac
 Staleness bound: an entry is trusted only while the version was confirmed (by a notification,
 a background check or any read) less than ``staleness_ms`` ago. A reader that missed
 notifications (pub/sub disconnect, fork) is distrusted until it confirms again.
+
+Balances change far more often than costs or access (every charge), so they are held by
+*version*, not by generation: a balance read at version V answers only while the cache's
+version is still V. Every charge and every top-up bumps the version (announced with
+``written`` 0, which keeps the critical entries warm), so any balance change anywhere drops
+every balance this process holds, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any, TypeAlias
 
 Entry: TypeAlias = tuple[Any, int, float]
 """(value, generation, monotonic time it was read from Redis)."""
+Balance: TypeAlias = tuple[int | float, int, bytes]
+"""(available credits, meta version and epoch it was read at)."""
 
 EVICT_FRACTION = 10
 
@@ -38,6 +46,8 @@ class NearCache:
         """userId -> ((status or None, role ids or None), gen, read_at)"""
         self.roles: dict[str, Entry] = {}
         """roleId -> (Grants or None for "no such role", gen, read_at)"""
+        self.balances: dict[str, Balance] = {}
+        """userId -> (available, version, epoch): current only while ``version`` is"""
         self.lock = threading.Lock()
         self.gen = 0
         self.version: int | None = None
@@ -111,6 +121,33 @@ class NearCache:
                 table.pop(old, None)
         table[key] = (value, gen, read_at)
 
+    def balance(self, user_id: str, now: float) -> int | float | None:
+        """The user's balance when it was read at the current version and epoch, and the
+        version is trusted; else None (lock-free)."""
+        entry = self.balances.get(user_id)
+        if (
+            entry is None
+            or entry[1] != self.version
+            or entry[2] != self.epoch
+            or now >= self.trusted_until
+        ):
+            return None
+        return entry[0]
+
+    def keep_balance(self, user_id: str, value: int | float, version: int, epoch: bytes) -> bool:
+        """Keep a balance read from Redis together with (``version``, ``epoch``), atomically;
+        only when that is the version this cache knows (a read ahead of the notifications, or
+        behind them, is answered but not kept)."""
+        with self.lock:
+            if version != self.version or epoch != self.epoch:
+                return False
+            table = self.balances
+            if len(table) >= self.max_entries and user_id not in table:
+                for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
+                    table.pop(old, None)
+            table[user_id] = (value, version, epoch)
+            return True
+
     def age_ms(self, entry: Entry, now: float) -> float:
         """How long ago the entry was last known to be current."""
         known_at = entry[2]
@@ -120,7 +157,7 @@ class NearCache:
 
     @property
     def size(self) -> int:
-        return len(self.costs) + len(self.users) + len(self.roles)
+        return len(self.costs) + len(self.users) + len(self.roles) + len(self.balances)
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (the parent's may have been held) and no trust."""

@@ -174,6 +174,33 @@ class SmartCRMConsumer:
             self._start()
         return self._critical.check_permission(user_id, permission)
 
+    # --- answers without I/O (for an event loop) --------------------------------------------------
+
+    def peek_credit_cost(self, operation: str) -> CreditCost | None:
+        """``get_credit_cost``'s answer when the near-cache holds it (no I/O, never blocks);
+        None when answering needs Redis: then call ``get_credit_cost`` off the event loop."""
+        return self._critical.near_credit_cost(operation, time.perf_counter_ns())
+
+    def peek_permission(self, user_id: str, permission: str) -> PermissionCheck | None:
+        """``check_permission``'s answer when the near-cache holds it, else None (no I/O)."""
+        return self._critical.near_permission(user_id, permission, time.perf_counter_ns())
+
+    def peek_user_credits(self, user_id: str) -> int | float | None:
+        """The balance when this process holds it at the current version (every charge and
+        top-up anywhere bumps the version, so a held balance is as fresh as the near-cache's
+        costs), else None (no I/O)."""
+        if not self._critical.serve_near:
+            return None
+        return self._critical.near.balance(user_id, time.monotonic())
+
+    def keep_user_credits(
+        self, user_id: str, value: int | float, version: int, epoch: bytes
+    ) -> bool:
+        """Offer a balance read from Redis atomically with ``meta.version`` and ``meta.epoch``
+        (``balance_peek.lua``) for ``peek_user_credits``; kept only when that is the version
+        the near-cache knows. Returns whether it was kept."""
+        return self._critical.near.keep_balance(user_id, value, version, epoch)
+
     # --- reference reads -------------------------------------------------------------------------
 
     def get_user_profile(self, user_id: str) -> ReferenceResult:
@@ -292,6 +319,16 @@ class SmartCRMConsumer:
 
     def on_disconnect(self) -> None:
         self._critical.near.distrust()
+
+    def on_subscribed(self) -> None:
+        """Notifications flow from now on; a change since the last confirmation may have gone
+        unannounced, so confirm the version with a read that starts now (a newer version starts
+        a generation). Only when that read fails is the near-cache distrusted, so a reader that
+        just started does not bounce its first answers to Redis."""
+        try:
+            self._critical.check_version()
+        except StoreUnavailable:
+            self._critical.near.distrust()
 
     def tick(self, now: float) -> None:
         conn, near = self._conn, self._critical.near

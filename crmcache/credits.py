@@ -208,6 +208,7 @@ def deduct(
         key,
         SETTLE_SCHEDULED_TTL_MS,
         OUTBOX_GROUP,
+        keys.changes_channel,
     ]
     key_list = [
         keys.balance(user_id),
@@ -215,6 +216,7 @@ def deduct(
         keys.leads,
         keys.credit_outbox,
         keys.settle_scheduled,
+        keys.meta,
     ]
     for _attempt in range(3):
         reply = _run_deduct(store, tenant, key_list, args)

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from consumer.background import Background
 from consumer.near_cache import NearCache
 from crmcache.events import Event
 from crmcache.keyspace import DataClass, TenantKeys
@@ -92,6 +93,55 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
                 timeout=3.0,
                 what="revalidation after the lost connection",
             )
+
+
+class Subscribing:
+    """A stand-in reader for the background thread: records what the thread tells it."""
+
+    def __init__(self) -> None:
+        self.subscribed = 0
+
+    changes_channel = KEYS.changes_channel
+
+    def on_change(self, version: int, written: int | None, received: float) -> None: ...
+
+    def on_disconnect(self) -> None: ...
+
+    def on_subscribed(self) -> None:
+        self.subscribed += 1
+
+    def tick(self, now: float) -> None: ...
+
+
+def test_every_confirmed_subscription_is_reported_to_the_readers(settings: Any) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        background = Background(own_settings)
+        stand_in = Subscribing()
+        background.add(stand_in)
+        try:
+            wait_until(lambda: stand_in.subscribed == 1, what="the first subscription")
+            own_store.redis.client_kill_filter(_type="pubsub")
+            wait_until(lambda: stand_in.subscribed == 2, what="the subscription after reconnect")
+        finally:
+            background.discard(stand_in)
+
+
+def test_a_confirmed_subscription_revalidates_the_copy_at_once(wrapper: Any, settings: Any) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        # Given a reader with a long staleness bound, trusting its near-cache
+        preload(own_store, own_settings)
+        with reader(own_settings, near_cache_staleness_ms=60_000) as crm:
+            crm.initialize()
+            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+            # When a change lands unannounced before notifications flow (between the first
+            # read and the subscription's confirmation)
+            own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
+            own_store.redis.hincrby(KEYS.meta, "version", 1)
+            assert crm.get_credit_cost("crm.leads.create").cost == 1  # trusted, not yet known
+            # Then the confirmation (what the background thread calls) makes it known at once
+            crm.on_subscribed()
+            assert crm.get_credit_cost("crm.leads.create").cost == 9
+            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"  # and trusted
 
 
 def test_a_near_cache_miss_costs_one_round_trip_and_a_hit_none(wrapper: Any, settings: Any) -> None:

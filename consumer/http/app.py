@@ -14,6 +14,7 @@ from config.settings import Settings, get_settings
 from consumer.http import routes_credits, routes_ops, routes_users
 from consumer.http.auth import ApiKeyAuth, document_security
 from consumer.http.errors import install_error_handlers
+from consumer.http.hot import HotReads
 from consumer.http.limits import BodySizeLimit
 from consumer.http.metrics import MetricsMiddleware
 from consumer.http.models import MAX_BODY_BYTES
@@ -63,6 +64,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(ApiKeyAuth, keys=service.keys)
+    app.add_middleware(HotReads, service=service)  # outermost: it does its own key check
     document_security(app)
     app.include_router(routes_credits.router)
     app.include_router(routes_users.router)

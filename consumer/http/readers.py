@@ -28,6 +28,16 @@ class TenantReader(Protocol):
 
     def check_permission(self, user_id: str, permission: str) -> Any: ...
 
+    def peek_credit_cost(self, operation_code: str) -> Any | None: ...
+
+    def peek_permission(self, user_id: str, permission: str) -> Any | None: ...
+
+    def peek_user_credits(self, user_id: str) -> int | float | None: ...
+
+    def keep_user_credits(
+        self, user_id: str, value: int | float, version: int, epoch: bytes
+    ) -> bool: ...
+
     def get_user_profile(self, user_id: str) -> Any: ...
 
     def get_user_credits(self, user_id: str) -> Any: ...
@@ -64,6 +74,10 @@ class Readers:
                 self._readers[tenant] = reader
                 logger.info("tenant=%s reader initialized", tenant)
         return reader
+
+    def peek(self, tenant: str) -> TenantReader | None:
+        """The tenant's reader if it was built already (no I/O, no copy)."""
+        return self._readers.get(tenant)
 
     def started(self) -> dict[str, TenantReader]:
         return dict(self._readers)

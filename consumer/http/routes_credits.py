@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from consumer.http import fastpath
 from consumer.http.auth import tenant_of
@@ -20,7 +19,6 @@ from consumer.http.models import (
     ErrorResponse,
     LeadCreated,
 )
-from consumer.http.service import ApiService
 from crmcache import credits
 from crmcache.errors import InsufficientCredits
 
@@ -66,7 +64,11 @@ async def validate_credits(
             operation=operation,
             cached=flag(answer, "cached"),
         )
-    available, balance_cached, balance_stale = await _balance(service, reader, tenant, userId)
+    available, found, balance_cached, balance_stale = await fastpath.balance(
+        service, reader, tenant, userId
+    )
+    if not found:
+        raise ApiError(404, "user_not_found", "no such user", userId=userId)
     # Hot path: the dict goes out as is; response_model still documents it, and the
     # schemathesis test checks every answer against it.
     return JSONResponse(
@@ -80,20 +82,6 @@ async def validate_credits(
             "responseTimeMs": watch.elapsed_ms(),
         }
     )
-
-
-async def _balance(
-    service: ApiService, reader: Any, tenant: str, user_id: str
-) -> tuple[Any, bool, bool]:
-    """(available, cached, stale): one async GET of the balance key; a balance not cached (or
-    Redis failing) goes through the reader's read-through in the thread pool."""
-    raw = await service.cached_balance(tenant, user_id)
-    if raw is not None:
-        return credits.as_number(raw), True, False
-    balance = await run_in_threadpool(reader.get_user_credits, user_id)
-    if not getattr(balance, "found", True) or balance.value is None:
-        raise ApiError(404, "user_not_found", "no such user", userId=user_id)
-    return balance.value, flag(balance, "cached"), flag(balance, "stale")
 
 
 @router.post(

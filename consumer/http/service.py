@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -14,7 +15,7 @@ from consumer.http.metrics import ApiMetrics
 from consumer.http.readers import ReaderFactory, Readers
 from crmcache.apikeys import ApiKeyRing
 from crmcache.errors import StoreUnavailable
-from crmcache.keyspace import TenantKeys
+from crmcache.keyspace import TenantKeys, lua_source
 from crmcache.redis_client import make_async_redis, make_redis
 from crmcache.store import Store, translate_errors
 from crmcache.wrapper import WrapperClient
@@ -63,27 +64,35 @@ class ApiService:
         self.metrics = ApiMetrics(self.readers)
         self.async_redis: redis.asyncio.Redis | None = None
         """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
+        self._balance_peek: Any = None
 
     async def start(self) -> None:
         self.async_redis = make_async_redis(
             self.settings.cache_url, socket_timeout=self.settings.reader_timeout_ms / 1000
         )
+        self._balance_peek = self.async_redis.register_script(lua_source("balance_peek"))
 
     async def stop(self) -> None:
         if self.async_redis is not None:
             await self.async_redis.aclose()
             self.async_redis = None
 
-    async def cached_balance(self, tenant: str, user_id: str) -> bytes | None:
-        """The cached balance text without blocking the loop; None when not cached, or when
-        Redis fails (the caller then asks the reader, which knows the degraded rules)."""
-        if self.async_redis is None:
+    async def cached_balance(
+        self, tenant: str, user_id: str
+    ) -> tuple[bytes, int, bytes | None] | None:
+        """(balance text, meta version, meta epoch), read atomically without blocking the loop;
+        None when not cached, or when Redis fails (the caller then asks the reader, which
+        knows the degraded rules)."""
+        if self._balance_peek is None:
             return None
+        keys = TenantKeys.of(tenant)
         try:
-            raw = await self.async_redis.get(TenantKeys.of(tenant).balance(user_id))
+            raw, version, epoch = await self._balance_peek(keys=[keys.balance(user_id), keys.meta])
         except (redis.ConnectionError, redis.TimeoutError):
             return None
-        return raw.encode() if isinstance(raw, str) else raw
+        if raw is None:
+            return None
+        return raw, int(version), epoch
 
     @property
     def tenants(self) -> list[str]:

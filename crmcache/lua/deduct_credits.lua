@@ -5,6 +5,7 @@
 -- KEYS[3]  crm:{t}:leads                hash: leadId -> JSON lead
 -- KEYS[4]  crm:{t}:credit-outbox        stream: deductions the Wrapper has not acknowledged
 -- KEYS[5]  crm:{t}:settle-scheduled     string: set while a settle task is queued
+-- KEYS[6]  crm:{t}:meta                 hash: `version` is bumped by a charge
 -- ARGV[1]  request fingerprint (hex digest of what the client asked for)
 -- ARGV[2]  amount: decimal text >= 0
 -- ARGV[3]  deductionId (new, unique): the idempotency key the Wrapper is sent
@@ -17,6 +18,7 @@
 -- ARGV[10] the client's idempotency key (kept in the outbox entry for audit)
 -- ARGV[11] settle-scheduled TTL in ms
 -- ARGV[12] outbox consumer group name
+-- ARGV[13] change-notification channel (crm:<t>:changes)
 --
 -- Guarantees (design §3, credits): all or nothing, in one step:
 -- * a key already recorded with the same fingerprint returns {'replay', <record>} and changes
@@ -27,7 +29,10 @@
 -- * otherwise the balance is decremented (never below 0), the lead stored, the deduction
 --   appended to the outbox (amount > 0 only), the record kept for the TTL, and
 --   {'charged', remaining, outbox entry id or '', 1 if the caller must enqueue settlement}
---   returned.
+--   returned;
+-- * a charge (amount > 0) bumps meta.version and publishes it with `written` 0 (no critical
+--   field changed), exactly like a batch of events that changed a balance: readers that keep
+--   balances in their near-cache drop them, and keep their costs and permissions.
 
 local balance_key, record_key, leads, outbox, scheduled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local fingerprint, amount_text, deduction_id = ARGV[1], ARGV[2], ARGV[3]
@@ -80,6 +85,8 @@ if amount > 0 then
     if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[11]) then
         enqueue = 1
     end
+    local version = redis.call('HINCRBY', KEYS[6], 'version', 1)
+    redis.call('PUBLISH', ARGV[13], cjson.encode({version = version, written = 0}))
 end
 
 if lead_id ~= '' then
