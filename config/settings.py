@@ -97,6 +97,13 @@ class Settings(BaseSettings):
         default=50.0, gt=0, le=10_000, validation_alias=_env("CRM_BULK_FLUSH_INTERVAL_MS")
     )
     """How long a bulk tenant's partial batch may wait to grow (its events only)."""
+    bulk_max_rate: int = Field(
+        default=2500, ge=0, le=10_000_000, validation_alias=_env("CRM_BULK_MAX_RATE")
+    )
+    """Events a second the subscriber reads from a pub/sub connection that carries a bulk tenant,
+    when it has several connections (0: unlimited). The rest of a flood waits in Redis (the
+    subscriber's output buffer, `client-output-buffer-limit pubsub`), so that it cannot take
+    the CPU and the workers from other tenants."""
     subscriber_shards: int = Field(
         default=16, ge=1, le=1024, validation_alias=_env("CRM_SUBSCRIBER_SHARDS")
     )

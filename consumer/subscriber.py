@@ -30,7 +30,7 @@ from redis.retry import Retry
 from config.settings import Settings
 from consumer.batcher import Batcher
 from consumer.lanes import LaneRouter
-from consumer.pubsub_shards import ConnectionLost, PubSubShards, channel_groups
+from consumer.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
 from crmcache.events import Event, parse_message
@@ -76,6 +76,8 @@ class Subscriber:
         self._recent_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._lease_ms = int(settings.leader_lease * 1000)
         self._last_renewal = 0.0
+        self._shard_of = shard_of(settings.tenants, settings.subscriber_shards)
+        self._shards: PubSubShards | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -183,7 +185,7 @@ class Subscriber:
         return shards
 
     def _serve(self) -> None:
-        shards = self._connect()
+        shards = self._shards = self._connect()
         self.stats["subscribes"] += 1
         # Anything published while we were not listening is lost: heal it with a resync that
         # starts only now that every subscription is confirmed.
@@ -204,6 +206,7 @@ class Subscriber:
                     self._flush(everything=idle)
         finally:
             self._flush(raise_errors=False)
+            self._shards = None
             shards.close()
 
     def _receive(self, message: dict[str, Any]) -> None:
@@ -271,6 +274,19 @@ class Subscriber:
                 self._recent_ids.popitem(last=False)
         return replace(event, seq=seq)
 
+    def _pace_bulk(self) -> None:
+        """Read the connections of bulk tenants at most CRM_BULK_MAX_RATE events a second, so
+        that a flood cannot take the CPU and the workers from every other tenant (its backlog
+        waits in Redis); only with several connections, since on one the others would wait
+        behind the flood's backlog."""
+        shards = self._shards
+        if shards is None or len(shards) < 2:
+            return
+        paced = {self._shard_of[t] for t in self.batcher.bulk if t in self._shard_of}
+        if paced != shards.paced:
+            logger.info("pacing %d pub/sub connection(s) of bulk tenants", len(paced))
+            shards.pace(paced, self.settings.bulk_max_rate, self.settings.batch_size)
+
     def _flush(self, raise_errors: bool = True, everything: bool = True) -> None:
         """Stamp pending events (one INCRBY per tenant, pipelined) and enqueue batches; unless
         `everything`, a bulk tenant's young partial batch waits to grow (consumer/batcher.py).
@@ -285,6 +301,7 @@ class Subscriber:
         if self.lanes is not None:
             self.lanes.observe(((t, len(evs)) for t, evs in pending.items()), now)
             self.batcher.bulk = self.lanes.bulk
+            self._pace_bulk()
         if not pending:
             return
         try:

@@ -4,13 +4,16 @@ the single one was (a lost connection means resubscribe everything and resync)."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
-from consumer.pubsub_shards import channel_groups
+from consumer.pubsub_shards import Pace, PubSubShards, channel_groups
 from crmcache.keyspace import STREAMS, DataClass, TenantKeys, input_patterns
 from crmcache.redis_server import RedisServer
 from tests.conftest import RunningSubscriber, wait_until
@@ -95,3 +98,93 @@ def test_silent_connections_are_detected_and_replaced(
         wait_until(lambda: r.hget(keys.values(DataClass.CREDIT_COSTS), "x") == b"3", what="event")
     finally:
         proxy.close()
+
+
+# --- pacing the connections of bulk tenants -------------------------------------------------
+
+
+@given(
+    rate=st.integers(min_value=1, max_value=100_000),
+    quota=st.integers(min_value=1, max_value=1_000),
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=0.5), st.integers(0, 2_000)), max_size=60
+    ),
+)
+def test_a_pace_never_allows_more_than_its_rate_plus_one_chunk(
+    rate: int, quota: int, steps: list[tuple[float, int]]
+) -> None:
+    pace = Pace(rate, quota, now=0.0)
+    assert 1 <= pace.chunk <= quota
+    now, read = 0.0, 0
+    for elapsed, backlog in steps:
+        now += elapsed
+        allowed = pace.allowance(now)
+        assert allowed in (0, pace.chunk)
+        taken = min(allowed, backlog)
+        pace.spend(taken)
+        read += taken
+        assert read <= pace.chunk + rate * now + 1e-6
+        if not allowed:  # held: it may read again after wait_time, not before
+            assert pace.allowance(now + pace.wait_time() + 1e-9) == pace.chunk
+
+
+def test_a_paced_connection_is_read_at_its_rate_while_the_others_are_read_at_once(
+    r: redis.Redis, redis_server: RedisServer
+) -> None:
+    flood, quiet = TenantKeys.of("flood"), TenantKeys.of("quiet")
+    shards = PubSubShards(
+        redis.Redis.from_url(redis_server.url), channel_groups(("flood", "quiet"), 2), "subscribe"
+    )
+    received: list[str] = []
+    try:
+        shards.subscribe(timeout=5)
+        # Given the flood tenant's connection paced at 1,000 messages a second
+        shards.pace({0}, rate=1_000, quota=100)
+        assert shards.paced == {0}
+        # When 2,000 messages wait on it, and then one arrives on the other connection
+        pipe = r.pipeline(transaction=False)
+        for i in range(2_000):
+            pipe.publish(flood.channel("users"), str(i))
+        pipe.publish(quiet.channel("users"), "quiet")
+        pipe.execute()
+        started = time.monotonic()
+
+        def receive(message: dict[str, Any]) -> None:
+            received.append(message["data"].decode())
+
+        idle_turns = 0
+        while time.monotonic() - started < 0.5:
+            idle_turns += shards.read(receive, 100, 0.05)
+        elapsed = time.monotonic() - started
+    finally:
+        shards.close()
+    # Then the other connection's message came within the first chunk of the flood
+    assert "quiet" in received[:21]
+    # And the flood was read at the pace (one chunk ahead at most), the rest left in Redis
+    flood_read = len(received) - 1
+    assert 0.5 * 1_000 * 0.5 <= flood_read <= 20 + 1_000 * elapsed
+    # And while only the paced backlog was left, the reader said it was idle (it may flush)
+    assert idle_turns > 0
+
+
+def test_the_subscriber_paces_a_flooding_tenant_and_loses_nothing(
+    r: redis.Redis, start_subscriber: Callable[..., RunningSubscriber]
+) -> None:
+    # Given a subscriber of two listed tenants, bulk tenants paced at 500 events a second
+    running = start_subscriber(tenants=("flood", "quiet"), bulk_max_rate=500)
+    wait_until(lambda: running.subscriber.stats["subscribes"] >= 1, what="subscription")
+    flood = TenantKeys.of("flood")
+    users = flood.values(DataClass.USER_STATUS)
+    # When one of them publishes 2,000 user changes at once
+    pipe = r.pipeline(transaction=False)
+    for i in range(2_000):
+        body = {"eventType": "user-changed", "data": {"userId": f"u{i}", "status": "active"}}
+        pipe.publish(flood.channel("users"), json.dumps(body))
+    pipe.execute()
+    published = time.monotonic()
+    # Then they are taken at about the pace (unpaced, all of them land within ~0.3 s here)
+    time.sleep(max(0.0, published + 1.0 - time.monotonic()))
+    assert r.hlen(users) < 1_500
+    # And every one of them arrives
+    wait_until(lambda: r.hlen(users) == 2_000, timeout=30, what="the whole flood")
+    assert running.subscriber.stats["reconnects"] == 0
