@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     bulk_max_rate: int = Field(
         default=2500, ge=0, le=10_000_000, validation_alias=_env("CRM_BULK_MAX_RATE")
     )
-    """Events a second the subscriber reads from a pub/sub connection that carries a bulk tenant,
+    """Events a second the subscriber reads from a pub/sub connection whose tenants are all bulk,
     when it has several connections (0: unlimited). The rest of a flood waits in Redis (the
     subscriber's output buffer, `client-output-buffer-limit pubsub`), so that it cannot take
     the CPU and the workers from other tenants."""

@@ -17,7 +17,7 @@ backlog as before (1/shards of them). Every channel of one tenant is on the same
 so the tenant's events are still received, and stamped, in publish order. Pattern
 subscriptions (no CRM_TENANTS) stay on one connection: a pattern cannot leave a tenant out.
 
-Connections carrying a bulk tenant (consumer/lanes.py) can be *paced* (``pace``, the
+Connections carrying only bulk tenants (consumer/lanes.py) can be *paced* (``pace``, the
 subscriber's CRM_BULK_MAX_RATE): read at most that many messages a second, in chunks, while the
 rest of the flood waits in Redis. Reading a flood as fast as possible takes the CPU and the
 workers from everyone else; paced, the other tenants keep their idle latency (measured with

@@ -76,7 +76,9 @@ class Subscriber:
         self._recent_ids: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._lease_ms = int(settings.leader_lease * 1000)
         self._last_renewal = 0.0
-        self._shard_of = shard_of(settings.tenants, settings.subscriber_shards)
+        self._tenants_on: dict[int, set[str]] = {}
+        for tenant, index in shard_of(settings.tenants, settings.subscriber_shards).items():
+            self._tenants_on.setdefault(index, set()).add(tenant)
         self._shards: PubSubShards | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -277,12 +279,13 @@ class Subscriber:
     def _pace_bulk(self) -> None:
         """Read the connections of bulk tenants at most CRM_BULK_MAX_RATE events a second, so
         that a flood cannot take the CPU and the workers from every other tenant (its backlog
-        waits in Redis); only with several connections, since on one the others would wait
-        behind the flood's backlog."""
+        waits in Redis). Only a connection on which every tenant is bulk: another tenant on it
+        would wait behind the paced backlog (and with one connection, everybody would)."""
         shards = self._shards
         if shards is None or len(shards) < 2:
             return
-        paced = {self._shard_of[t] for t in self.batcher.bulk if t in self._shard_of}
+        bulk = self.batcher.bulk
+        paced = {i for i, tenants in self._tenants_on.items() if tenants <= bulk}
         if paced != shards.paced:
             logger.info("pacing %d pub/sub connection(s) of bulk tenants", len(paced))
             shards.pace(paced, self.settings.bulk_max_rate, self.settings.batch_size)

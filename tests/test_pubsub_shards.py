@@ -167,20 +167,39 @@ def test_a_paced_connection_is_read_at_its_rate_while_the_others_are_read_at_onc
     assert idle_turns > 0
 
 
+def publish_user_changes(r: redis.Redis, tenant: str, count: int) -> str:
+    """Publish `count` user changes at once; returns the tenant's user-status hash."""
+    keys = TenantKeys.of(tenant)
+    pipe = r.pipeline(transaction=False)
+    for i in range(count):
+        body = {"eventType": "user-changed", "data": {"userId": f"u{i}", "status": "active"}}
+        pipe.publish(keys.channel("users"), json.dumps(body))
+    pipe.execute()
+    return keys.values(DataClass.USER_STATUS)
+
+
+def test_a_connection_shared_with_a_tenant_that_is_not_bulk_is_not_paced(
+    r: redis.Redis, start_subscriber: Callable[..., RunningSubscriber]
+) -> None:
+    # Given three tenants on two connections: "flood" shares connection 0 with "third"
+    running = start_subscriber(
+        tenants=("flood", "quiet", "third"), subscriber_shards=2, bulk_max_rate=200
+    )
+    wait_until(lambda: running.subscriber.stats["subscribes"] >= 1, what="subscription")
+    # When "flood" publishes 2,000 user changes at once (paced at 200/s: about 10 s)
+    users = publish_user_changes(r, "flood", 2_000)
+    # Then its connection is read at full speed: pacing it would hold "third" behind the backlog
+    wait_until(lambda: r.hlen(users) == 2_000, timeout=4, what="the flood, unpaced")
+
+
 def test_the_subscriber_paces_a_flooding_tenant_and_loses_nothing(
     r: redis.Redis, start_subscriber: Callable[..., RunningSubscriber]
 ) -> None:
     # Given a subscriber of two listed tenants, bulk tenants paced at 500 events a second
     running = start_subscriber(tenants=("flood", "quiet"), bulk_max_rate=500)
     wait_until(lambda: running.subscriber.stats["subscribes"] >= 1, what="subscription")
-    flood = TenantKeys.of("flood")
-    users = flood.values(DataClass.USER_STATUS)
     # When one of them publishes 2,000 user changes at once
-    pipe = r.pipeline(transaction=False)
-    for i in range(2_000):
-        body = {"eventType": "user-changed", "data": {"userId": f"u{i}", "status": "active"}}
-        pipe.publish(flood.channel("users"), json.dumps(body))
-    pipe.execute()
+    users = publish_user_changes(r, "flood", 2_000)
     published = time.monotonic()
     # Then they are taken at about the pace (unpaced, all of them land within ~0.3 s here)
     time.sleep(max(0.0, published + 1.0 - time.monotonic()))
