@@ -282,7 +282,7 @@ class Subscriber:
         waits in Redis). Only a connection on which every tenant is bulk: another tenant on it
         would wait behind the paced backlog (and with one connection, everybody would)."""
         shards = self._shards
-        if shards is None or len(shards) < 2:
+        if shards is None or len(shards) < 2 or self.settings.bulk_max_rate <= 0:
             return
         bulk = self.batcher.bulk
         paced = {i for i, tenants in self._tenants_on.items() if tenants <= bulk}
