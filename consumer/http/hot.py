@@ -25,13 +25,14 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumer.http.auth import presented_key
+from consumer.http.models import IDENT_PATTERN
 from consumer.http.service import ApiService
 
 PERMISSIONS_PATH = "/api/permissions/check"
 VALIDATE_PATH = "/api/credits/validate"
 
-_ident = re.compile(r"[!-~]{1,256}").fullmatch
-"""models.IDENT_PATTERN without anchors (``$`` would also accept a trailing newline)."""
+_ident = re.compile(IDENT_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
+"""The routes' IDENT_PATTERN as a full match (its ``$`` would also accept a trailing newline)."""
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 """What starlette's JSONResponse renders with."""
