@@ -5,6 +5,7 @@ hot endpoints in front of FastAPI only when the near-cache can, with the routes'
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +30,19 @@ PERMISSION = "/api/permissions/check?userId=user-456&permission=crm.leads.create
 
 
 @pytest.fixture
-def reader(settings: Any, preload: Any) -> Iterator[SmartCRMConsumer]:
+def reader(settings: Any, preload: Any, store: Any) -> Iterator[SmartCRMConsumer]:
     preload("acme")
     settings = settings.model_copy(update={"near_cache_staleness_ms": 60_000})
     consumer = SmartCRMConsumer("acme", settings=settings)
     consumer.initialize()
+    # Its change notifications flow, and the confirmation that follows the subscription is
+    # done: a version check racing a test's write would see a version ahead of the
+    # notifications and (rightly) start a new generation.
+    wait_until(
+        lambda: store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] >= 1,
+        what="the reader's subscription",
+    )
+    time.sleep(0.3)
     yield consumer
     consumer.shutdown()
 
