@@ -115,11 +115,14 @@ class NearCache:
     # --- entries -----------------------------------------------------------------------------
 
     def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
+        self._make_room(table, key)
+        table[key] = (value, gen, read_at)
+
+    def _make_room(self, table: dict[str, Any], key: str) -> None:
         if len(table) >= self.max_entries and key not in table:
             # Bounded memory: drop the oldest tenth (dicts keep insertion order).
             for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
                 table.pop(old, None)
-        table[key] = (value, gen, read_at)
 
     def balance(self, user_id: str, now: float) -> int | float | None:
         """The user's balance when it was read at the current version and epoch, and the
@@ -141,11 +144,8 @@ class NearCache:
         with self.lock:
             if version != self.version or epoch != self.epoch:
                 return False
-            table = self.balances
-            if len(table) >= self.max_entries and user_id not in table:
-                for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
-                    table.pop(old, None)
-            table[user_id] = (value, version, epoch)
+            self._make_room(self.balances, user_id)
+            self.balances[user_id] = (value, version, epoch)
             return True
 
     def age_ms(self, entry: Entry, now: float) -> float:
