@@ -80,7 +80,7 @@ def bench_app() -> FastAPI:
     def permission_sync(request: Request) -> dict[str, bool]:
         # The plain-def variant: every check makes a thread-pool hop.
         reader = service.readers.get(tenant_of(request))
-        return {"authorized": reader.check_permission("user-456", "crm.leads.create").authorized}
+        return {"authorized": reader.check_permission("user-456", "crm.leads.create")}
 
     @app.get("/api/bench/permission-async")
     async def permission_async(request: Request) -> dict[str, bool]:

@@ -1,14 +1,16 @@
-"""SmartCRMConsumer: the read API of one tenant (design §6), the seed's methods in snake_case.
+"""SmartCRMConsumer: the read API of one tenant, the seed's methods in snake_case.
 
 Thread-safe; fork-safe (after ``os.fork()`` the child drops the parent's connections and
 background thread, distrusts its near-cache, and starts its own on first use). Usage::
 
     with SmartCRMConsumer("acme") as crm:
-        crm.get_credit_cost("crm.leads.create").cost
-        crm.check_permission("user-456", "crm.leads.create").authorized
+        cost = crm.get_credit_cost("crm.leads.create")  # a number; None: not configured
+        if crm.check_permission("user-456", "crm.leads.create"):  # a bool
+            ...
 
-What each read returns when data is missing, stale or not loaded is in the docstrings below
-and in the README.
+The seed-named methods return plain values, the ``*_detail`` method beside each the rich
+answer (consumer/results.py: source, stale, age, reason). What each read returns when data is
+missing, stale or not loaded: the docstrings below and docs/read-side.md.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from config.settings import Settings, get_settings
 from consumer.background import Background
@@ -29,7 +31,7 @@ from consumer.critical import CriticalReader
 from consumer.metrics import ReadMetrics
 from consumer.readiness import PreloadRequests, enqueue_settlement
 from consumer.reference import ReferenceReader
-from consumer.results import CreditCost, PermissionCheck, ReferenceResult
+from consumer.results import CreditCost, Number, PermissionCheck, ReferenceResult
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
 from crmcache.store import Store
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet[SmartCRMConsumer] = weakref.WeakSet()
 EXPIRY_KINDS = {"profile": RefKind.PROFILE, "user": RefKind.PROFILE, "hierarchy": RefKind.HIERARCHY}
 NO_TTL_KINDS = ("credits", "balance")
+JsonObject = dict[str, Any]
 DEFAULT_OPERATION = "crm.credits.deduct"
 """The operationCode reported to the Wrapper for a deduction that names none."""
 
@@ -89,7 +92,7 @@ class SmartCRMConsumer:
         self._lock = threading.Lock()
         _live.add(self)
 
-    # --- lifecycle -------------------------------------------------------------------------------
+    # --- lifecycle --------------------------------------------------------------------------------
 
     def initialize(self) -> SmartCRMConsumer:
         """Start the background thread, load the near-cache, and ask for a preload if the tenant
@@ -154,38 +157,48 @@ class SmartCRMConsumer:
     def _not_ready(self) -> None:
         self._preloads.request()
 
-    # --- critical reads --------------------------------------------------------------------------
+    # --- critical reads: the seed's values, and the details beside them --------------------------
 
-    def get_credit_cost(self, operation: str) -> CreditCost:
-        """The cost of ``operation`` (0 is a cost). ``cost`` None: not configured (said only of
-        a ready tenant). Never loaded: a preload is requested and ``TenantNotReady`` raised,
-        unless a last-known-good copy can answer (``stale``). Redis down: the last-known-good
-        copy (``stale``, ``age_ms``), ``StaleDataTooOld`` past CRM_DEGRADED_MAX_AGE,
-        ``StoreUnavailable`` with no copy."""
+    def get_credit_cost(self, operation: str) -> Number | None:
+        """The cost of ``operation`` (0 is a cost), None when it is not configured: test
+        ``cost is None``, never ``not cost``. Raises as ``get_credit_cost_detail``."""
+        return self.get_credit_cost_detail(operation).cost
+
+    def check_permission(self, user_id: str, permission: str) -> bool:
+        """Whether ``user_id`` may do ``permission``: False for an unknown, deleted or inactive
+        user and for a grant its roles lack. Raises as ``check_permission_detail``."""
+        return self.check_permission_detail(user_id, permission).authorized
+
+    def get_credit_cost_detail(self, operation: str) -> CreditCost:
+        """The cost of ``operation`` with its freshness. ``cost`` None: not configured (said
+        only of a ready tenant). Never loaded: a preload is requested and ``TenantNotReady``
+        raised, unless a last-known-good copy can answer (``stale``). Redis down: the
+        last-known-good copy (``stale``, ``age_ms``), ``StaleDataTooOld`` past
+        CRM_DEGRADED_MAX_AGE, ``StoreUnavailable`` with no copy."""
         if not self._started_pid:
             self._start()
         return self._critical.credit_cost(operation)
 
-    def check_permission(self, user_id: str, permission: str) -> PermissionCheck:
+    def check_permission_detail(self, user_id: str, permission: str) -> PermissionCheck:
         """Whether ``user_id`` may do ``permission``: the user must exist and be active and one
         of its roles grant it (trailing wildcards match). ``reason`` says why. Not loaded and
-        Redis down: as ``get_credit_cost``."""
+        Redis down: as ``get_credit_cost_detail``."""
         if not self._started_pid:
             self._start()
         return self._critical.check_permission(user_id, permission)
 
     # --- answers without I/O (for an event loop) --------------------------------------------------
 
-    def peek_credit_cost(self, operation: str) -> CreditCost | None:
-        """``get_credit_cost``'s answer when the near-cache holds it (no I/O, never blocks);
-        None when answering needs Redis: then call ``get_credit_cost`` off the event loop."""
+    def peek_credit_cost_detail(self, operation: str) -> CreditCost | None:
+        """``get_credit_cost_detail``'s answer when the near-cache holds it (no I/O, never
+        blocks); None when answering needs Redis: then call it off the event loop."""
         return self._critical.near_credit_cost(operation, time.perf_counter_ns())
 
-    def peek_permission(self, user_id: str, permission: str) -> PermissionCheck | None:
-        """``check_permission``'s answer when the near-cache holds it, else None (no I/O)."""
+    def peek_permission_detail(self, user_id: str, permission: str) -> PermissionCheck | None:
+        """``check_permission_detail``'s answer when the near-cache holds it, else None."""
         return self._critical.near_permission(user_id, permission, time.perf_counter_ns())
 
-    def peek_user_credits(self, user_id: str) -> int | float | None:
+    def peek_user_credits(self, user_id: str) -> Number | None:
         """The balance when this process holds it at the current version (every charge and
         top-up anywhere bumps the version, so a held balance is as fresh as the near-cache's
         costs), else None (no I/O)."""
@@ -193,31 +206,44 @@ class SmartCRMConsumer:
             return None
         return self._critical.near.balance(user_id, time.monotonic())
 
-    def keep_user_credits(
-        self, user_id: str, value: int | float, version: int, epoch: bytes
-    ) -> bool:
+    def keep_user_credits(self, user_id: str, value: Number, version: int, epoch: bytes) -> bool:
         """Offer a balance read from Redis atomically with ``meta.version`` and ``meta.epoch``
         (``balance_peek.lua``) for ``peek_user_credits``; kept only when that is the version
         the near-cache knows. Returns whether it was kept."""
         return self._critical.near.keep_balance(user_id, value, version, epoch)
 
-    # --- reference reads -------------------------------------------------------------------------
+    # --- reference reads: the seed's values, and the details beside them -------------------------
 
-    def get_user_profile(self, user_id: str) -> ReferenceResult:
+    def get_user_profile(self, user_id: str) -> JsonObject | None:
+        """The profile (the Wrapper's JSON object), None when the Wrapper says there is no such
+        user. Raises as ``get_user_profile_detail``."""
+        return cast("JsonObject | None", self.get_user_profile_detail(user_id).value)
+
+    def get_hierarchy(self, entity_id: str) -> JsonObject | None:
+        """The hierarchy node, None when the Wrapper knows no such entity."""
+        return cast("JsonObject | None", self.get_hierarchy_detail(entity_id).value)
+
+    def get_user_credits(self, user_id: str) -> Number | None:
+        """The available balance (a number), None when the Wrapper knows no such user (as
+        ``get_user_profile`` says of its 404). Raises as ``get_user_credits_detail``."""
+        return cast("Number | None", self.get_user_credits_detail(user_id).value)
+
+    def get_user_profile_detail(self, user_id: str) -> ReferenceResult:
         """The profile, read through (TTL CRM_PROFILE_TTL). ``found`` False: the Wrapper said
         404 (cached CRM_NEGATIVE_TTL). Wrapper down: the last value, ``stale``, up to
         CRM_REFERENCE_MAX_STALE past its expiry, else ``WrapperUnavailable``."""
         self._start()
         return self._reference.get(RefKind.PROFILE, user_id)
 
-    def get_hierarchy(self, entity_id: str) -> ReferenceResult:
-        """The hierarchy node, read through (TTL CRM_HIERARCHY_TTL); as ``get_user_profile``."""
+    def get_hierarchy_detail(self, entity_id: str) -> ReferenceResult:
+        """The hierarchy node, read through (TTL CRM_HIERARCHY_TTL); as
+        ``get_user_profile_detail``."""
         self._start()
         return self._reference.get(RefKind.HIERARCHY, entity_id)
 
-    def get_user_credits(self, user_id: str) -> ReferenceResult:
-        """The available balance (a number): ``crm:{t}:balance:<user>``, read through from the
-        Wrapper when missing and never overwritten once cached. ``expires_at`` is None."""
+    def get_user_credits_detail(self, user_id: str) -> ReferenceResult:
+        """The available balance: ``crm:{t}:balance:<user>``, read through from the Wrapper
+        when missing and never overwritten once cached. ``expires_at`` is None."""
         self._start()
         return self._balances.get(user_id)
 
@@ -247,7 +273,7 @@ class SmartCRMConsumer:
             amount=amount,
             idempotency_key=idempotency_key,
             ttl_s=self.settings.idempotency_ttl,
-            read_through=lambda: self.get_user_credits(user_id),
+            read_through=lambda: self.get_user_credits_detail(user_id),
         )
         if deduction.settle_now and not enqueue_settlement(self.tenant):
             # Let the next deduction try to enqueue rather than wait for the flag to expire.
@@ -269,7 +295,7 @@ class SmartCRMConsumer:
             raise ValueError(f"unknown cache key kind {kind!r}")
         return self._reference.expiry(EXPIRY_KINDS[kind], entity_id)
 
-    # --- metrics ---------------------------------------------------------------------------------
+    # --- metrics ----------------------------------------------------------------------------------
 
     def get_metrics(self) -> dict[str, Any]:
         """The seed's figures (criticalHitRate, referenceHitRate, overallHitRate, totalRequests,
@@ -308,7 +334,7 @@ class SmartCRMConsumer:
         """The raw counters (for the Prometheus collector)."""
         return self._metrics.counts()
 
-    # --- background work (called by consumer.background) -----------------------------------------
+    # --- background work (called by consumer.background) ------------------------------------------
 
     @property
     def changes_channel(self) -> str:

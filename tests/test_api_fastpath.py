@@ -58,15 +58,15 @@ def hold_balance(store: Any, reader: SmartCRMConsumer, user_id: str) -> bool:
 
 
 def test_a_near_cache_hit_is_answered_without_io(reader: SmartCRMConsumer) -> None:
-    cost = reader.peek_credit_cost("crm.leads.create")
-    check = reader.peek_permission("user-456", "crm.leads.create")
+    cost = reader.peek_credit_cost_detail("crm.leads.create")
+    check = reader.peek_permission_detail("user-456", "crm.leads.create")
     assert cost is not None and (cost.cost, cost.source) == (1, "near-cache")
     assert check is not None and check.authorized and check.source == "near-cache"
 
 
 def test_what_the_near_cache_lacks_is_not_peeked(reader: SmartCRMConsumer) -> None:
-    assert reader.peek_permission("nobody", "crm.leads.create") is None
-    assert reader.peek_credit_cost("crm.unknown.op") is None
+    assert reader.peek_permission_detail("nobody", "crm.leads.create") is None
+    assert reader.peek_credit_cost_detail("crm.unknown.op") is None
     assert reader.peek_user_credits("user-456") is None  # never read
 
 
@@ -75,8 +75,8 @@ def test_an_untrusted_near_cache_is_never_peeked(reader: SmartCRMConsumer, store
     # Given a near-cache whose confirmation lapsed (as after CRM_NEAR_CACHE_STALENESS_MS)
     reader._critical.near.trusted_until = 0.0
     # Then nothing is answered from it
-    assert reader.peek_credit_cost("crm.leads.create") is None
-    assert reader.peek_permission("user-456", "crm.leads.create") is None
+    assert reader.peek_credit_cost_detail("crm.leads.create") is None
+    assert reader.peek_permission_detail("user-456", "crm.leads.create") is None
     assert reader.peek_user_credits("user-456") is None
 
 
@@ -103,8 +103,8 @@ def test_a_held_balance_is_dropped_by_a_charge_anywhere_and_costs_stay_warm(
     assert charged.remaining == 99
     # Then the held balance is dropped, while costs and permissions stay in the near-cache
     wait_until(lambda: reader.peek_user_credits("user-456") is None, what="balance dropped")
-    assert reader.peek_credit_cost("crm.leads.create") is not None
-    assert reader.peek_permission("user-456", "crm.leads.create") is not None
+    assert reader.peek_credit_cost_detail("crm.leads.create") is not None
+    assert reader.peek_permission_detail("user-456", "crm.leads.create") is not None
     # ... and the next read holds the new balance
     assert hold_balance(store, reader, "user-456")
     assert reader.peek_user_credits("user-456") == 99

@@ -184,9 +184,9 @@ def test_a_preload_and_a_reader_work_against_the_cluster(
     reader = SmartCRMConsumer("acme", cluster_settings).initialize()
     try:
         # Then a reader answers from it
-        assert reader.check_permission("user-456", "crm.leads.create").authorized
-        assert not reader.check_permission("user-789", "crm.leads.create").authorized
-        assert reader.get_credit_cost("crm.leads.create").cost == 1
+        assert reader.check_permission("user-456", "crm.leads.create")
+        assert not reader.check_permission("user-789", "crm.leads.create")
+        assert reader.get_credit_cost("crm.leads.create") == 1
         # And sees an event applied afterwards (the change notification crosses the Cluster)
         publish(
             cr,
@@ -195,11 +195,9 @@ def test_a_preload_and_a_reader_work_against_the_cluster(
             "credit-config-changed",
             {"operationCode": "crm.leads.create", "newValue": 4},
         )
-        wait_until(
-            lambda: reader.get_credit_cost("crm.leads.create").cost == 4, what="the new cost"
-        )
+        wait_until(lambda: reader.get_credit_cost("crm.leads.create") == 4, what="the new cost")
         # And a read-through and a credit deduction (multi-key scripts) run in acme's slot
-        assert reader.get_user_profile("user-456").value["name"] == "Sam Seller"
+        assert reader.get_user_profile("user-456")["name"] == "Sam Seller"
         charged = reader.deduct_credits("user-456", 5, "cluster-order-1")
         assert charged.remaining == 95
         assert cr.get(acme.balance("user-456")) == b"95"

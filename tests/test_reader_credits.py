@@ -27,7 +27,7 @@ def test_deduct_credits_charges_once_per_key_and_is_settled(
         # Then the balance was read through once and charged once
         assert (first.remaining, again.remaining, again.replayed) == (95, 95, True)
         assert r.get(KEYS.balance("user-456")) == b"95"
-        assert crm.get_user_credits("user-456").value == 95
+        assert crm.get_user_credits("user-456") == 95
         # ... a charge above the balance is refused, nothing charged
         with pytest.raises(InsufficientCredits):
             crm.deduct_credits("user-456", 500, "order-2")
@@ -42,13 +42,15 @@ def test_deductions_fail_closed_while_redis_is_down(wrapper: Any, settings: Any)
         preload(own_store, own_settings)
         with reader(own_settings) as crm:
             crm.initialize()
-            assert crm.get_user_credits("user-456").value == 100
+            assert crm.get_user_credits("user-456") == 100
             # When Redis stops
             server.stop()
-            wait_until(lambda: crm.get_credit_cost("crm.leads.create").stale, what="degraded")
+            wait_until(
+                lambda: crm.get_credit_cost_detail("crm.leads.create").stale, what="degraded"
+            )
             # Then a deduction is refused (a stale balance is never charged), while the
             # balance can still be shown, flagged stale
             with pytest.raises(StoreUnavailable):
                 crm.deduct_credits("user-456", 5, "order-x")
-            shown = crm.get_user_credits("user-456")
+            shown = crm.get_user_credits_detail("user-456")
             assert (shown.value, shown.stale) == (100, True)

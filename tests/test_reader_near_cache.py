@@ -25,8 +25,8 @@ def test_role_changed_by_an_event_changes_the_answer_within_the_staleness_bound(
     preload(store, settings)
     with reader(settings, near_cache_staleness_ms=1000) as crm:
         crm.initialize()
-        assert crm.check_permission("user-456", "crm.leads.create").authorized
-        assert crm.check_permission("user-456", "crm.leads.create").source == "near-cache"
+        assert crm.check_permission("user-456", "crm.leads.create")
+        assert crm.check_permission_detail("user-456", "crm.leads.create").source == "near-cache"
         # When the Wrapper changes the sales role (event -> subscriber -> worker -> Redis)
         wrapper.set_role("acme", "sales", ["crm.contacts.view"])
         wait_until(
@@ -36,7 +36,7 @@ def test_role_changed_by_an_event_changes_the_answer_within_the_staleness_bound(
         applied = time.monotonic()
         # Then the reader's answer changes within the bound (here: at the notification)
         wait_until(
-            lambda: not crm.check_permission("user-456", "crm.leads.create").authorized,
+            lambda: not crm.check_permission("user-456", "crm.leads.create"),
             timeout=1.0,
             interval=0.005,
             what="the near-cache dropping the old role",
@@ -51,14 +51,14 @@ def test_a_missed_notification_is_caught_by_the_version_check_within_the_bound(
     preload(store, settings)
     with reader(settings, near_cache_staleness_ms=300) as crm:
         crm.initialize()
-        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+        assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
         # When Redis changes without any notification (a PUBLISH lost on the way)
         r.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "7")
         r.hincrby(KEYS.meta, "version", 1)
         changed = time.monotonic()
         # Then the reader answers the new cost within the bound, without being told
         wait_until(
-            lambda: crm.get_credit_cost("crm.leads.create").cost == 7,
+            lambda: crm.get_credit_cost("crm.leads.create") == 7,
             timeout=1.0,
             interval=0.005,
             what="the new cost",
@@ -74,7 +74,7 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
         preload(own_store, own_settings)
         with reader(own_settings, near_cache_staleness_ms=60_000) as crm:
             crm.initialize()
-            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+            assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
             wait_until(
                 lambda: own_store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] == 1,
                 what="the reader's subscription",
@@ -84,12 +84,12 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
             # learns that its pub/sub connection was lost
             own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
             own_store.redis.hincrby(KEYS.meta, "version", 1)
-            assert crm.get_credit_cost("crm.leads.create").cost == 1  # trusted, not yet known
+            assert crm.get_credit_cost("crm.leads.create") == 1  # trusted, not yet known
             own_store.redis.client_kill_filter(_type="pubsub")
             # Then it does not trust the copy it could not keep coherent: it sees the change
             # long before its 60 s bound
             wait_until(
-                lambda: crm.get_credit_cost("crm.leads.create").cost == 9,
+                lambda: crm.get_credit_cost("crm.leads.create") == 9,
                 timeout=3.0,
                 what="revalidation after the lost connection",
             )
@@ -132,16 +132,18 @@ def test_a_confirmed_subscription_revalidates_the_copy_at_once(wrapper: Any, set
         preload(own_store, own_settings)
         with reader(own_settings, near_cache_staleness_ms=60_000) as crm:
             crm.initialize()
-            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+            assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
             # When a change lands unannounced before notifications flow (between the first
             # read and the subscription's confirmation)
             own_store.redis.hset(KEYS.values(DataClass.CREDIT_COSTS), "crm.leads.create", "9")
             own_store.redis.hincrby(KEYS.meta, "version", 1)
-            assert crm.get_credit_cost("crm.leads.create").cost == 1  # trusted, not yet known
+            assert crm.get_credit_cost("crm.leads.create") == 1  # trusted, not yet known
             # Then the confirmation (what the background thread calls) makes it known at once
             crm.on_subscribed()
-            assert crm.get_credit_cost("crm.leads.create").cost == 9
-            assert crm.get_credit_cost("crm.leads.create").source == "near-cache"  # and trusted
+            assert crm.get_credit_cost("crm.leads.create") == 9
+            assert (
+                crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
+            )  # and trusted
 
 
 def test_a_near_cache_miss_costs_one_round_trip_and_a_hit_none(wrapper: Any, settings: Any) -> None:
@@ -152,7 +154,7 @@ def test_a_near_cache_miss_costs_one_round_trip_and_a_hit_none(wrapper: Any, set
             before = {c: command_calls(own_store.redis, c) for c in ("evalsha", "hget", "get")}
             # When a user's permission is checked 20 times (one miss, then hits)
             for _ in range(20):
-                assert crm.check_permission("user-456", "crm.leads.create").authorized
+                assert crm.check_permission("user-456", "crm.leads.create")
             after = {c: command_calls(own_store.redis, c) for c in ("evalsha", "hget", "get")}
             # Then Redis ran exactly one script call (whose two HGETs count as calls too)
             assert after["evalsha"] - before["evalsha"] == 1
@@ -166,7 +168,7 @@ def test_near_cache_off_asks_redis_every_time(wrapper: Any, settings: Any) -> No
             crm.get_credit_cost("crm.leads.create")  # the first call ever also loads the script
             before = command_calls(own_store.redis, "evalsha")
             # When a cost is read 10 times with the near-cache off
-            answers = [crm.get_credit_cost("crm.reports.export") for _ in range(10)]
+            answers = [crm.get_credit_cost_detail("crm.reports.export") for _ in range(10)]
             # Then every answer came from Redis in one script call each
             assert {a.source for a in answers} == {"redis"}
             assert {a.cost for a in answers} == {5}
@@ -180,14 +182,14 @@ def test_redis_losing_its_data_starts_a_new_generation(
     preload(store, settings)
     with reader(settings) as crm:
         crm.initialize()
-        assert crm.get_credit_cost("crm.leads.create").cost == 1
+        assert crm.get_credit_cost("crm.leads.create") == 1
         # When Redis loses everything and is loaded again with a lower version and other data
         r.flushdb()
         wrapper.set_credit_cost("acme", "crm.leads.create", 3, publish=False)
         preload(store, settings)
         # Then the reader does not keep the old generation: it answers the new cost
         wait_until(
-            lambda: crm.get_credit_cost("crm.leads.create").cost == 3,
+            lambda: crm.get_credit_cost("crm.leads.create") == 3,
             timeout=3.0,
             what="the reloaded cost",
         )
@@ -200,7 +202,7 @@ def test_an_applied_event_reaches_the_reader_through_the_store(
     preload(store, settings)
     with reader(settings, near_cache_staleness_ms=60_000) as crm:
         crm.initialize()
-        assert crm.get_credit_cost("crm.contacts.view").cost == 0
+        assert crm.get_credit_cost("crm.contacts.view") == 0
         # When the write side applies credit-config-changed (which PUBLISHes the new version)
         seq = int(store.redis.incr(KEYS.seq))
         store.apply_events(
@@ -217,7 +219,7 @@ def test_an_applied_event_reaches_the_reader_through_the_store(
         )
         # Then the notification alone (the bound is 60 s) makes the reader answer the new cost
         wait_until(
-            lambda: crm.get_credit_cost("crm.contacts.view").cost == 2,
+            lambda: crm.get_credit_cost("crm.contacts.view") == 2,
             timeout=2.0,
             what="the notified change",
         )
@@ -261,7 +263,7 @@ def test_an_event_that_writes_no_critical_field_keeps_the_near_cache_warm(
             lambda: r.pubsub_numsub(KEYS.changes_channel)[0][1] == 1, what="the subscription"
         )
         time.sleep(0.3)
-        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+        assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
         before = crm.get_metrics()["nearCache"]["version"]
         # When an event only invalidates reference data (hierarchy-changed bumps the version)
         seq = int(store.redis.incr(KEYS.seq))
@@ -278,4 +280,4 @@ def test_an_event_that_writes_no_critical_field_keeps_the_near_cache_warm(
             what="the notification",
         )
         # Then critical reads still come from the near-cache
-        assert crm.get_credit_cost("crm.leads.create").source == "near-cache"
+        assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"

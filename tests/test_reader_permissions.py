@@ -128,8 +128,8 @@ def test_permission_matrix(store: Any, wrapper: Any, settings: Any, near_cache: 
     with reader(settings, near_cache=near_cache) as crm:
         for user, permission, authorized, reason in MATRIX:
             # When each check is asked twice (a miss, then a hit)
-            first = crm.check_permission(user, permission)
-            second = crm.check_permission(user, permission)
+            first = crm.check_permission_detail(user, permission)
+            second = crm.check_permission_detail(user, permission)
             # Then both answers are right, and the second came from the near-cache if enabled
             for answer in (first, second):
                 assert (answer.authorized, answer.reason) == (authorized, reason), (

@@ -31,7 +31,7 @@ def test_fifty_threads_missing_one_profile_make_one_upstream_request(
 
         def read() -> None:
             barrier.wait()
-            results.append(crm.get_user_profile("user-456"))
+            results.append(crm.get_user_profile_detail("user-456"))
 
         # When 50 threads ask for the same uncached profile at once
         threads = [threading.Thread(target=read) for _ in range(50)]
@@ -62,7 +62,7 @@ def test_four_processes_missing_one_profile_make_one_upstream_request(
             os.read(go_read, 1)  # wait until every process is ready
             threads = [
                 threading.Thread(
-                    target=lambda: sources.append(crm.get_user_profile("user-456").source)
+                    target=lambda: sources.append(crm.get_user_profile_detail("user-456").source)
                 )
                 for _ in range(5)
             ]
@@ -96,7 +96,9 @@ def test_an_invalidation_during_a_slow_fetch_is_not_overwritten_by_the_old_value
         with reader(proxied) as crm:
             proxy.hold("down")
             answer: list[Any] = []
-            fetch = threading.Thread(target=lambda: answer.append(crm.get_user_profile("user-456")))
+            fetch = threading.Thread(
+                target=lambda: answer.append(crm.get_user_profile_detail("user-456"))
+            )
             fetch.start()
             wait_until(lambda: wrapper.requests[PROFILE_PATH] == 1, what="the first fetch")
             # When the profile changes (user-changed -> subscriber -> worker invalidates the
@@ -122,18 +124,18 @@ def test_wrapper_down_serves_stale_values_flagged_and_the_breaker_opens_and_clos
 ) -> None:
     with reader(settings, profile_ttl=1, lease_error_ttl_ms=0) as crm:
         # Given a cached profile that has expired
-        first = crm.get_user_profile("user-456")
+        first = crm.get_user_profile_detail("user-456")
         time.sleep(1.05)
         # When the Wrapper goes down
         wrapper.set_down(True)
-        answers = [crm.get_user_profile("user-456") for _ in range(3)]
+        answers = [crm.get_user_profile_detail("user-456") for _ in range(3)]
         # Then the last value is served, flagged stale, and the breaker opens after 3 failures
         assert all(a.stale and a.value == first.value for a in answers)
         assert all(a.age_ms >= 1000 for a in answers)
         assert crm.get_metrics()["wrapperBreaker"] == "open"
         # ... while open, nobody calls the Wrapper and the stale value is still served
         dropped = sum(wrapper.dropped.values())
-        assert crm.get_user_profile("user-456").stale
+        assert crm.get_user_profile_detail("user-456").stale
         assert sum(wrapper.dropped.values()) == dropped
         # ... a profile never cached cannot be served: a typed error
         try:
@@ -144,7 +146,7 @@ def test_wrapper_down_serves_stale_values_flagged_and_the_breaker_opens_and_clos
         # When the Wrapper is back and the breaker's reset time has passed
         wrapper.set_down(False)
         time.sleep(1.05)
-        fresh = crm.get_user_profile("user-456")
+        fresh = crm.get_user_profile_detail("user-456")
         # Then the value is fresh again and the breaker closed
         assert not fresh.stale and fresh.source == "wrapper"
         assert crm.get_metrics()["wrapperBreaker"] == "closed"
@@ -154,7 +156,7 @@ def test_wrapper_down_serves_stale_values_flagged_and_the_breaker_opens_and_clos
 def test_a_404_is_cached_as_a_negative_entry(wrapper: Any, settings: Any, r: redis.Redis) -> None:
     with reader(settings) as crm:
         # When an unknown user's profile is asked three times
-        answers = [crm.get_user_profile("nobody") for _ in range(3)]
+        answers = [crm.get_user_profile_detail("nobody") for _ in range(3)]
     # Then the Wrapper was asked once and every answer says "not found"
     assert wrapper.requests[("GET", "/api/users/nobody/profile")] == 1
     assert [a.found for a in answers] == [False, False, False]
@@ -168,11 +170,11 @@ def test_balance_is_read_through_once_and_never_overwritten(
     r.set(KEYS.balance("user-123"), "42")
     with reader(settings) as crm:
         # When balances are read
-        kept = crm.get_user_credits("user-123")
-        fetched = crm.get_user_credits("user-456")
+        kept = crm.get_user_credits_detail("user-123")
+        fetched = crm.get_user_credits_detail("user-456")
         wrapper.top_up_credits("acme", "user-456", 50, publish=False)
-        again = crm.get_user_credits("user-456")
-        unknown = crm.get_user_credits("nobody")
+        again = crm.get_user_credits_detail("user-456")
+        unknown = crm.get_user_credits_detail("nobody")
     # Then the existing balance is used as is, the missing one is fetched once and stored
     # without a TTL, and a later Wrapper change does not overwrite what Redis keeps
     assert kept.value == 42 and kept.cached

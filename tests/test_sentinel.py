@@ -77,7 +77,7 @@ def test_after_a_failover_everything_carries_on_and_the_resync_repairs_the_loss(
                 what=lambda: f"the first preload{logs()}",
             )
             reader.initialize()
-            assert reader.get_credit_cost("crm.leads.create").cost == 1
+            assert reader.get_credit_cost("crm.leads.create") == 1
             wait_until(lambda: publish_cost(cache, "crm.before", 2) >= 1, what="listening")
             wait_until(lambda: cost(cache, "crm.before") == b"2", what="an event applied")
             # When the Wrapper changes a cost whose event is lost, and the master dies
@@ -103,11 +103,11 @@ def test_after_a_failover_everything_carries_on_and_the_resync_repairs_the_loss(
             )
             # And the reader answers from the new master
             wait_until(
-                lambda: reader.get_credit_cost("crm.leads.create").cost == 9,
+                lambda: reader.get_credit_cost("crm.leads.create") == 9,
                 timeout=20,
                 what="the reader seeing the repaired cost",
             )
-            assert reader.check_permission("user-456", "crm.leads.create").authorized
+            assert reader.check_permission("user-456", "crm.leads.create")
             assert harness.replica.port == int(cache.connection_pool.get_master_address()[1])  # type: ignore[attr-defined]
     finally:
         reader.shutdown()

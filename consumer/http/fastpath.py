@@ -30,16 +30,16 @@ async def reader_for(readers: Readers, tenant: str) -> TenantReader:
 
 
 async def credit_cost(reader: TenantReader, operation: str) -> Any:
-    answer = reader.peek_credit_cost(operation)
+    answer = reader.peek_credit_cost_detail(operation)
     if answer is None:
-        answer = await run_in_threadpool(reader.get_credit_cost, operation)
+        answer = await run_in_threadpool(reader.get_credit_cost_detail, operation)
     return answer
 
 
 async def check_permission(reader: TenantReader, user_id: str, permission: str) -> Any:
-    answer = reader.peek_permission(user_id, permission)
+    answer = reader.peek_permission_detail(user_id, permission)
     if answer is None:
-        answer = await run_in_threadpool(reader.check_permission, user_id, permission)
+        answer = await run_in_threadpool(reader.check_permission_detail, user_id, permission)
     return answer
 
 
@@ -59,6 +59,6 @@ async def balance(
         if epoch is not None:
             reader.keep_user_credits(user_id, value, version, epoch)
         return value, True, True, False
-    answer = await run_in_threadpool(reader.get_user_credits, user_id)
+    answer = await run_in_threadpool(reader.get_user_credits_detail, user_id)
     found = bool(getattr(answer, "found", True)) and answer.value is not None
     return answer.value, found, bool(answer.cached), bool(answer.stale)

@@ -45,7 +45,7 @@ def _permission(reader: Any, params: dict[str, str], start: float) -> dict[str, 
     user_id, permission = params.get("userId"), params.get("permission")
     if user_id is None or permission is None or not _ident(user_id) or not _ident(permission):
         return None
-    answer = reader.peek_permission(user_id, permission)
+    answer = reader.peek_permission_detail(user_id, permission)
     if answer is None:
         return None
     return {
@@ -62,7 +62,7 @@ def _validate(reader: Any, params: dict[str, str], start: float) -> dict[str, An
     operation, user_id = params.get("operation"), params.get("userId")
     if operation is None or user_id is None or not _ident(operation) or not _ident(user_id):
         return None
-    answer = reader.peek_credit_cost(operation)
+    answer = reader.peek_credit_cost_detail(operation)
     if answer is None or answer.cost is None:
         return None
     available = reader.peek_user_credits(user_id)

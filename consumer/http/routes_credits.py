@@ -34,12 +34,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _cost(service: Any, tenant: str, operation: str) -> tuple[Any, Any]:
-    """(cost, the reader's answer); cost None means 'not configured' (0 is a cost)."""
-    answer = service.readers.get(tenant).get_credit_cost(operation)
-    return getattr(answer, "cost", None), answer
-
-
 @router.get(
     "/api/credits/validate",
     response_model=CreditValidation,
@@ -135,16 +129,16 @@ def create_lead(
 def _charge_new_lead(
     service: Any, tenant: str, body: CreateLeadRequest, key: str, request_fingerprint: str
 ) -> credits.Deduction:
-    cost, _ = _cost(service, tenant, LEAD_OPERATION)
-    if cost is None:
+    reader = service.readers.get(tenant)
+    cost = reader.get_credit_cost(LEAD_OPERATION)
+    if cost is None:  # 0 is a cost
         raise ApiError(
             409,
             "operation_not_configured",
             "lead creation is not configured",
             operation=LEAD_OPERATION,
         )
-    permission = service.readers.get(tenant).check_permission(body.userId, LEAD_OPERATION)
-    if not flag(permission, "authorized"):
+    if not reader.check_permission(body.userId, LEAD_OPERATION):
         raise ApiError(
             403,
             "forbidden",
@@ -171,7 +165,7 @@ def _charge_new_lead(
             request_fingerprint=request_fingerprint,
             lead=lead,
             ttl_s=service.settings.idempotency_ttl,
-            read_through=lambda: service.readers.get(tenant).get_user_credits(body.userId),
+            read_through=lambda: reader.get_user_credits_detail(body.userId),
         )
     except InsufficientCredits as exc:
         service.metrics.deductions.labels(tenant, "insufficient").inc()

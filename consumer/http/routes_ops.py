@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from consumer.http.auth import tenant_of
-from consumer.http.deps import Stopwatch, flag, service_of
+from consumer.http.deps import Stopwatch, service_of
 from consumer.http.models import IDENT_PATTERN, ErrorResponse, Health, Readiness, TestCreditCheck
 from crmcache.errors import CrmCacheError, WrapperError
 
@@ -75,11 +75,11 @@ def test_credit_check(
     watch = Stopwatch()
     tenant, service = tenant_of(request), service_of(request)
     reader = service.readers.get(tenant)
-    cost = getattr(reader.get_credit_cost(operation), "cost", None)
-    permission = reader.check_permission(userId, operation)
+    cost = reader.get_credit_cost(operation)
+    has_permission = reader.check_permission(userId, operation)
     try:
-        profile = getattr(reader.get_user_profile(userId), "value", None)
-        available: Any = getattr(reader.get_user_credits(userId), "value", None)
+        profile = reader.get_user_profile(userId)
+        available = reader.get_user_credits(userId)
     except (WrapperError, CrmCacheError):
         # An unknown user or a Wrapper outage: this diagnostic still answers what it knows.
         profile, available = None, None
@@ -89,7 +89,7 @@ def test_credit_check(
         cost=cost,
         availableCredits=available,
         canAfford=cost is not None and available is not None and available >= cost,
-        hasPermission=flag(permission, "authorized"),
+        hasPermission=has_permission,
         profile=profile if isinstance(profile, dict) else None,
         metrics=reader.get_metrics(),
         responseTimeMs=watch.elapsed_ms(),

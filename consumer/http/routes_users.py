@@ -36,7 +36,7 @@ IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PA
 )
 def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
     tenant, service = tenant_of(request), service_of(request)
-    answer = service.readers.get(tenant).get_user_profile(userId)
+    answer = service.readers.get(tenant).get_user_profile_detail(userId)
     profile = getattr(answer, "value", None)
     if profile is None:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
