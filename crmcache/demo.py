@@ -4,7 +4,8 @@ Each step changes data in the sandbox Wrapper through its admin endpoints (which
 matching event), then asks the HTTP API until the answer changes, and reports the answer before
 and after and the measured propagation time: from just before the change was sent to the first
 API answer that shows it (Wrapper → pub/sub → subscriber → Celery → Redis → API).
-Without the HTTP API the same questions are asked of the cache in Redis.
+Without the HTTP API the same questions are asked of the Python read API, as an application
+server would: ``SmartCRMConsumer.get_credit_cost`` (a number) and ``check_permission`` (a bool).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 import requests
 
-from crmcache.keyspace import DataClass, TenantKeys
+from consumer import SmartCRMConsumer
+from crmcache.errors import CrmCacheError
 
 OPERATION = "crm.leads.create"
 PERMISSION = "crm.leads.create"
@@ -59,7 +60,6 @@ class Demo:
         *,
         wrapper_url: str,
         wrapper_token: str,
-        cache: redis.Redis,
         api_url: str | None,
         api_key: str | None,
         emit: Callable[[dict[str, Any]], None],
@@ -68,9 +68,9 @@ class Demo:
         user: str = "user-456",
     ) -> None:
         self.wrapper_url = wrapper_url
-        self.cache = cache
-        self.keys = TenantKeys.of(tenant)
         self.api_url = api_url if api_key else None
+        # Settings from the environment: `crmcache up` points it at the stack it started.
+        self.crm = SmartCRMConsumer(tenant) if self.api_url is None else None
         self.tenant, self.user = tenant, user
         self.emit = emit
         self.should_stop = should_stop
@@ -83,11 +83,13 @@ class Demo:
     def close(self) -> None:
         self.http.close()
         self.api.close()
+        if self.crm is not None:
+            self.crm.shutdown()
 
     # --- the scenario ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        via = f"the HTTP API at {self.api_url}" if self.api_url else "the cache in Redis (no API)"
+        via = f"the HTTP API at {self.api_url}" if self.api_url else "SmartCRMConsumer (no API)"
         self.emit(
             {
                 "step": "start",
@@ -161,23 +163,18 @@ class Demo:
     # --- questions ---------------------------------------------------------------------------
 
     def cost_answer(self) -> Answer:
-        if not self.api_url:
-            raw = self.cache.hget(self.keys.values(DataClass.CREDIT_COSTS), OPERATION)
-            value = json.loads(raw) if raw is not None else None
-            return Answer(
-                f"HGET {self.keys.values(DataClass.CREDIT_COSTS)} {OPERATION}",
-                200,
-                {"creditCost": value},
-            )
+        if self.crm is not None:
+            call = f"crm.get_credit_cost({OPERATION!r})"
+            cost = self._read(call, lambda crm: crm.get_credit_cost(OPERATION))
+            return Answer(call, 200, {"creditCost": cost})
         path = f"/api/credits/validate?operation={OPERATION}&userId={self.user}"
         return self._api("GET", path)
 
     def permission_answer(self) -> Answer:
-        if not self.api_url:
-            key = self.keys.values(DataClass.USER_STATUS)
-            status = self.cache.hget(key, self.user)
-            active = status in (b"active", "active")
-            return Answer(f"HGET {key} {self.user}", 200, {"authorized": active})
+        if self.crm is not None:
+            call = f"crm.check_permission({self.user!r}, {PERMISSION!r})"
+            allowed = self._read(call, lambda crm: crm.check_permission(self.user, PERMISSION))
+            return Answer(call, 200, {"authorized": allowed})
         return self._api(
             "GET", f"/api/permissions/check?userId={self.user}&permission={PERMISSION}"
         )
@@ -232,6 +229,13 @@ class Demo:
             except ValueError:
                 body = reply.text[:200]
             return Answer(f"{method} {path}", reply.status_code, body)
+
+    def _read(self, call: str, read: Callable[[SmartCRMConsumer], Any]) -> Any:
+        assert self.crm is not None
+        try:
+            return read(self.crm)
+        except CrmCacheError as exc:
+            raise DemoFailed(f"{call}: {exc}") from None
 
     def _check_stop(self) -> None:
         if self.should_stop():

@@ -162,7 +162,6 @@ def _run_demo(stack: DevStack, console: Console) -> int:
     demo = Demo(
         wrapper_url=info.wrapper_url,
         wrapper_token=stack.env["WRAPPER_API_TOKEN"],
-        cache=stack.redis(),
         api_url=info.api_url,
         api_key=info.api_keys.get(tenant),
         emit=lambda event: console.emit({"event": "demo", **event}, render(event)),
