@@ -183,8 +183,9 @@ def deduct(
 
     `lead` (a JSON object with a ``leadId``) is stored in the same step. The fingerprint
     defaults to (user, operation, amount). `read_through` fills a balance that is not cached
-    (the read side's ``get_user_credits``, which shares one upstream fetch among concurrent
-    callers); by default ``load_balance``. Raises InsufficientCredits, IdempotencyConflict,
+    (the read side's ``get_user_credits_detail``, which shares one upstream fetch among
+    concurrent callers; its ``found`` False means the Wrapper knows no such user); by default
+    ``load_balance``. Raises InsufficientCredits, IdempotencyConflict,
     BalanceUnknown, StoreUnavailable (fail closed) or WrapperUnavailable (balance not cached
     and the Wrapper down: fail closed too).
     """
