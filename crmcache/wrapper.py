@@ -17,9 +17,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from config.settings import Settings
+from crmcache.tenancy import is_valid_tenant, validate_tenant
 from crmcache.breaker import CircuitBreaker
 from crmcache.errors import WrapperError, WrapperNotFound, WrapperUnavailable
-from crmcache.tenancy import is_valid_tenant, validate_tenant
 
 MAX_PAGES = 100_000
 
