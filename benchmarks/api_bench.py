@@ -36,8 +36,8 @@ import httpx
 from fastapi import FastAPI, Request
 
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
-from consumer.http import fastpath
-from consumer.http.auth import tenant_of
+from consumer.api import fastpath
+from consumer.api.auth import tenant_of
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -64,7 +64,7 @@ def bench_app() -> FastAPI:
     """The crmcache API plus the variants measured for the sync-vs-async choice."""
     import redis.asyncio
 
-    from consumer.http import create_app
+    from consumer.api import create_app
     from crmcache.keyspace import DataClass, TenantKeys
 
     app = create_app()
@@ -109,7 +109,7 @@ def bench_app() -> FastAPI:
 
 
 def free_port() -> int:
-    from crmcache.redis_server import free_port as port
+    from ops.dev.redis_server import free_port as port
 
     return port()
 
@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     from config.settings import load_settings
     from crmcache.preload import preload_tenant
     from crmcache.redis_client import make_redis
-    from crmcache.redis_server import RedisServer
     from crmcache.store import Store
     from crmcache.wrapper import WrapperClient
+    from ops.dev.redis_server import RedisServer
     from sandbox import SandboxWrapper
 
     with (

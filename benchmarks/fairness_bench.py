@@ -14,7 +14,7 @@ read lag; sampled every 2 ms, so approximate); "peak queued tasks" is the broker
 largest backlog. Pub/sub is one ordered stream per connection: with every tenant on one
 connection (``CRM_SUBSCRIBER_SHARDS=1``, the baseline) a flood published faster than the
 subscriber reads (unpaced) delays every tenant by the subscriber's read lag; sharded (the
-default), the quiet tenant has a connection of its own (consumer/pubsub_shards.py), and the
+default), the quiet tenant has a connection of its own (consumer/ingest/pubsub_shards.py), and the
 flood's connection is read at most CRM_BULK_MAX_RATE events a second once it is bulk ("paced"),
 so that the flood cannot take the CPU and the workers from the quiet tenant. "p99 after
 published" leaves out the probes sent while this benchmark's own publisher was flooding Redis
@@ -36,7 +36,7 @@ import redis
 
 from benchmarks.pipeline_bench import BIN, cpu_model, processes, wait_for
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 
 QUIET, FLOOD = TenantKeys.of("quiet"), TenantKeys.of("flood")

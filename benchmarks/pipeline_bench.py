@@ -32,7 +32,7 @@ from pathlib import Path
 import redis
 
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 
 TENANT = "bench"

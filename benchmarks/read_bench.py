@@ -2,7 +2,7 @@
 
     python -m benchmarks.read_bench [--samples 20000]
 
-Starts its own Redis (``crmcache.redis_server``) and the sandbox Wrapper, loads one tenant of
+Starts its own Redis (``ops.dev.redis_server``) and the sandbox Wrapper, loads one tenant of
 1,000 operations, 200 roles and 10,000 users through the real snapshot path, then measures, in
 one run and on one machine, p50/p99 of single calls (each timed on its own):
 
@@ -37,8 +37,8 @@ from config.settings import Settings, load_settings
 from consumer import SmartCRMConsumer
 from crmcache.keyspace import DataClass, RefKind, TenantKeys
 from crmcache.redis_client import make_redis
-from crmcache.redis_server import RedisServer
 from crmcache.store import Store
+from ops.dev.redis_server import RedisServer
 
 TENANT = "bench"
 KEYS = TenantKeys.of(TENANT)

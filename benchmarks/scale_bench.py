@@ -23,7 +23,7 @@ import redis
 from benchmarks.pipeline_bench import BIN, cpu_model, paced, processes, wait_for, wait_listening
 from crmcache import keyspace
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 
 

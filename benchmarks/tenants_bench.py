@@ -38,8 +38,8 @@ from config.celery import celery_config
 from config.settings import load_settings
 from crmcache import keyspace, preload_runs
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
 from crmcache.store import Store
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 
 MIB = 1024 * 1024

@@ -6,12 +6,12 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
+from config.redis_urls import kombu_broker
 from config.settings import Settings
-from crmcache.redis_urls import kombu_broker
 
 EVENTS_QUEUE = "crm.events"
 EVENTS_BULK_QUEUE = "crm.events.bulk"
-"""The bulk lane: batches of tenants that flood (consumer/lanes.py). Workers consume both."""
+"""The bulk lane: batches of tenants that flood (consumer/ingest/lanes.py). Workers consume both."""
 PRELOAD_QUEUE = "crm.preload"
 CREDITS_QUEUE = "crm.credits"
 METRICS_QUEUE = "crm.metrics"

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from crmcache.tenancy import is_valid_tenant
+from config.tenancy import is_valid_tenant
 
 
 class ConfigError(ValueError):
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     )
     redis_cluster: bool = Field(default=False, validation_alias=_env("CRM_REDIS_CLUSTER"))
     """REDIS_URL (or REDIS_HOST/PORT) names a node of a Redis Cluster: the same as giving
-    REDIS_URL as redis+cluster://host:port (see crmcache/redis_urls.py)."""
+    REDIS_URL as redis+cluster://host:port (see config/redis_urls.py)."""
     celery_broker_url: str | None = Field(default=None, validation_alias=_env("CELERY_BROKER_URL"))
 
     # --- The Wrapper (upstream source of truth) ------------------------------------------
@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=10_000, validation_alias=_env("CRM_FLUSH_INTERVAL_MS")
     )
     event_lanes: bool = Field(default=True, validation_alias=_env("CRM_EVENT_LANES"))
-    """Send flooding tenants' batches to the bulk lane (crm.events.bulk); see consumer/lanes.py."""
+    """Send flooding tenants' batches to the bulk lane (crm.events.bulk); see
+    consumer/ingest/lanes.py."""
     bulk_threshold: int = Field(
         default=200, ge=1, le=1_000_000, validation_alias=_env("CRM_BULK_THRESHOLD")
     )
@@ -109,7 +110,7 @@ class Settings(BaseSettings):
     )
     """Pub/sub connections the active subscriber spreads listed tenants (CRM_TENANTS) over, so
     that one tenant's flood cannot queue in front of another's messages; with at least as many
-    connections as tenants each has its own (consumer/pubsub_shards.py)."""
+    connections as tenants each has its own (consumer/ingest/pubsub_shards.py)."""
     preload_interval: float = Field(
         default=300.0, ge=5, le=86_400, validation_alias=_env("CRM_PRELOAD_INTERVAL")
     )
@@ -261,7 +262,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="after")
     @classmethod
     def _check_api_keys(cls, value: SecretStr) -> SecretStr:
-        from crmcache.apikeys import parse_api_keys
+        from config.apikeys import parse_api_keys
 
         parse_api_keys(value.get_secret_value())  # raises ValueError naming the bad entry
         return value
@@ -288,7 +289,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _redis_urls_usable(self) -> Settings:
-        from crmcache.redis_urls import RedisUrlError, kombu_broker, parse_redis_url
+        from config.redis_urls import RedisUrlError, kombu_broker, parse_redis_url
 
         try:
             parse_redis_url(self.cache_url)

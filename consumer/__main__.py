@@ -1,8 +1,8 @@
-"""``python -m consumer``: run the subscriber (same as ``crmcache subscribe``)."""
+"""``python -m consumer``: run the subscriber (the same as ``crmcache subscribe``)."""
 
 import sys
 
-from crmcache.cli import main
+from consumer.ingest.run import main
 
 if __name__ == "__main__":
-    sys.exit(main(["subscribe", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

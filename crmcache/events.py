@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from config.tenancy import is_valid_tenant
 from crmcache.errors import InvalidEvent
 from crmcache.keyspace import STREAMS, DataClass, RefKind, parse_input_channel
-from crmcache.tenancy import is_valid_tenant
 
 MAX_ID_LENGTH = 256
 MAX_LIST_LENGTH = 10_000

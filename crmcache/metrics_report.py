@@ -13,11 +13,11 @@ from typing import Any
 
 import redis
 
+from config.tenancy import is_valid_tenant
 from crmcache import keyspace
 from crmcache.keyspace import TenantKeys
 from crmcache.read_metrics import build_snapshot
 from crmcache.store import now_ms, translate_errors
-from crmcache.tenancy import is_valid_tenant
 
 logger = logging.getLogger(__name__)
 

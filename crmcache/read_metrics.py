@@ -1,6 +1,6 @@
 """Read-side metrics arithmetic: counter names, the latency histogram, hit rates, snapshots.
 
-Pure functions shared by the readers (``consumer.metrics``) and the ``publish_metrics`` beat
+Pure functions shared by the readers (``consumer.read.metrics``) and the ``publish_metrics`` beat
 task. Counters are flat ``{field: int}`` maps whose field names are also the fields of the
 ``crm:{t}:metrics`` hash the readers HINCRBY into.
 

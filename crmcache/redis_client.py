@@ -1,6 +1,6 @@
 """Building Redis clients: one per process and URL, never one per call (design §9).
 
-The URL says which Redis (crmcache/redis_urls.py): one server, a Redis Cluster
+The URL says which Redis (config/redis_urls.py): one server, a Redis Cluster
 (``redis+cluster://``: a ``redis.cluster.RedisCluster``, every tenant's keys in one slot thanks
 to the ``{tenant}`` hash tag) or the master that Sentinels name (``redis+sentinel://``: a client
 that asks the Sentinels again after a failover). Every component builds its clients here, so
@@ -20,8 +20,8 @@ import redis.asyncio.sentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
+from config.redis_urls import RedisTarget, parse_redis_url
 from config.settings import Settings
-from crmcache.redis_urls import RedisTarget, parse_redis_url
 
 _clients: dict[tuple[str, float], redis.Redis] = {}
 _lock = threading.Lock()

@@ -1,14 +1,9 @@
-"""Tenant id validation: the one rule every key, channel and API request goes through."""
+"""Tenant ids checked at every entry: the rule is ``config.tenancy``'s, the error is ours."""
 
-import re
-
+from config.tenancy import is_valid_tenant
 from crmcache.errors import InvalidTenant
 
-TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-def is_valid_tenant(tenant: object) -> bool:
-    return isinstance(tenant, str) and TENANT_ID_RE.fullmatch(tenant) is not None
+__all__ = ["is_valid_tenant", "validate_tenant"]
 
 
 def validate_tenant(tenant: object) -> str:

@@ -1,6 +1,6 @@
-"""The Celery app and every task: ``celery -A tasks worker|beat|flower`` from the repo root."""
+"""The Celery application (``tasks/celery.py``), every task, and the producer that sends them.
 
-from tasks import credits, events, metrics, preload  # noqa: F401  (registers the tasks)
-from tasks.app import app
-
-__all__ = ["app"]
+``celery -A tasks worker|beat|flower`` finds the app in ``tasks/celery.py`` (Celery's own
+convention for a package). Importing this package loads nothing: the subscriber, the readers
+and the HTTP API import ``tasks.producer`` alone, never the task code.
+"""

@@ -10,7 +10,7 @@ from celery import Task
 
 from crmcache.errors import StoreUnavailable
 from tasks import resources
-from tasks.app import app
+from tasks.celery import app
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from crmcache.errors import InvalidEvent, InvalidTenant, StoreUnavailable
 from crmcache.events import Event
 from crmcache.tenancy import validate_tenant
 from tasks import resources
-from tasks.app import app
+from tasks.celery import app
 
 logger = logging.getLogger(__name__)
 

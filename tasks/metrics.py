@@ -8,7 +8,7 @@ from typing import Any
 from crmcache.errors import StoreUnavailable
 from crmcache.metrics_report import publish_tenant_metrics, tenants_with_metrics
 from tasks import resources
-from tasks.app import app
+from tasks.celery import app
 
 logger = logging.getLogger(__name__)
 

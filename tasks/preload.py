@@ -11,7 +11,7 @@ from celery import Task
 from crmcache import preload, preload_runs
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperUnavailable
 from tasks import resources
-from tasks.app import app
+from tasks.celery import app
 
 logger = logging.getLogger(__name__)
 

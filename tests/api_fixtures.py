@@ -13,10 +13,10 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from consumer.http import create_app
+from consumer.api import create_app
 from crmcache.preload import preload_tenant
-from crmcache.redis_server import free_port
 from crmcache.wrapper import WrapperClient
+from ops.dev.redis_server import free_port
 from tests.api_support import API_KEYS
 
 

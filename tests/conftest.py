@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from crmcache.redis_server import RedisServer, ServerStartError
+from ops.dev.redis_server import RedisServer, ServerStartError
 
 # Tuned for fast tests; every value is an ordinary setting (see the README).
 TEST_ENV = {
@@ -142,17 +142,17 @@ def wrapper(sandbox: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def celery_app(env: dict[str, str]) -> Any:
-    import tasks
     from config.celery import celery_config
     from config.settings import get_settings
     from tasks import resources
+    from tasks.celery import app
 
     # A test module may have imported `tasks` at collection time, configuring the app from the
     # environment as it was then: configure it again from the session's settings.
-    tasks.app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(get_settings()))
     resources.store.cache_clear()
     resources.wrapper.cache_clear()
-    return tasks.app
+    return app
 
 
 @pytest.fixture(scope="session")
@@ -197,8 +197,8 @@ def start_subscriber(
     settings: Any, worker: Any, r: redis.Redis
 ) -> Iterator[Callable[..., RunningSubscriber]]:
     """Start subscribers (each with its own Celery producer); all are stopped after the test."""
-    from consumer.enqueue import CeleryEnqueuer
-    from consumer.subscriber import Subscriber
+    from consumer.ingest.subscriber import Subscriber
+    from tasks.producer import CeleryEnqueuer
 
     started: list[tuple[RunningSubscriber, CeleryEnqueuer]] = []
 

@@ -91,7 +91,7 @@ def private_redis(settings: Settings) -> Iterator[tuple[Any, Settings, Store]]:
     pointing at it, and a Store on it."""
     import redis
 
-    from crmcache.redis_server import RedisServer
+    from ops.dev.redis_server import RedisServer
 
     server = RedisServer().start()
     client = redis.Redis.from_url(server.url, socket_timeout=5)

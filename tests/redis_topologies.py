@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from crmcache.redis_server import RedisServer, free_port, server_binary
+from ops.dev.redis_server import RedisServer, free_port, server_binary
 
 CLUSTER_SLOTS = 16384
 BUS_PORT_OFFSET = 10_000

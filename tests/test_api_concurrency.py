@@ -12,9 +12,9 @@ import redis
 from crmcache.keyspace import TenantKeys
 from crmcache.preload import preload_tenant
 from crmcache.redis_client import make_redis
-from crmcache.redis_server import RedisServer
 from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
+from ops.dev.redis_server import RedisServer
 from tests.api_support import ACME, lead_body
 from tests.conftest import wait_until
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from consumer import SmartCRMConsumer
-from consumer.http.hot import HotReads
+from consumer.api.hot import HotReads
 from crmcache import credits
 from crmcache.events import Event
 from crmcache.keyspace import TenantKeys

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.batcher import Batcher
+from consumer.ingest.batcher import Batcher
 from crmcache.events import Event
 
 

@@ -21,7 +21,7 @@ from config.settings import load_settings
 from crmcache import keyspace
 from crmcache.events import parse_message
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 from tests.conftest import wait_until
 from tests.processes import Proc, child_pids, running, subscriber_args, worker_args

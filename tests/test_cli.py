@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from crmcache.cli import build_parser
 from crmcache.keyspace import DEAD_LETTERS, DataClass, TenantKeys
-from crmcache.redis_server import free_port
+from ops.cli import build_parser
+from ops.dev.redis_server import free_port
 from tests.conftest import wait_until
 
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))

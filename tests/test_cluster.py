@@ -20,12 +20,12 @@ from celery import Celery
 
 from config.celery import celery_config
 from config.settings import ConfigError, load_settings
-from consumer.enqueue import CeleryEnqueuer
-from consumer.reader import SmartCRMConsumer
-from consumer.subscriber import Subscriber
+from consumer.ingest.subscriber import Subscriber
+from consumer.read.client import SmartCRMConsumer
 from crmcache.keyspace import DataClass, RefKind, TenantKeys
 from crmcache.redis_client import make_redis
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
+from tasks.producer import CeleryEnqueuer
 from tests.conftest import RunningSubscriber, wait_until
 from tests.processes import Proc, worker_args
 from tests.redis_topologies import RedisClusterHarness

@@ -20,9 +20,9 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import CREDIT_TENANTS, TenantKeys
 from crmcache.redis_client import make_redis
-from crmcache.redis_server import free_port
 from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
+from ops.dev.redis_server import free_port
 
 ACME = TenantKeys.of("acme")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crmcache.demo import Demo, render
 from crmcache.store import Store
+from ops.dev.demo import Demo, render
 from tests.reader_helpers import preload
 
 

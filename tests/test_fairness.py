@@ -22,10 +22,10 @@ import pytest
 import redis
 
 from config.celery import EVENTS_BULK_QUEUE, EVENTS_QUEUE
-from consumer.enqueue import CeleryEnqueuer
-from consumer.subscriber import Subscriber
+from consumer.ingest.subscriber import Subscriber
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
+from tasks.producer import CeleryEnqueuer
 from tests.conftest import RunningSubscriber, wait_until
 from tests.processes import Proc, running, subscriber_args, worker_args
 

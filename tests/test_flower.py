@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from config.amqp import TASK_ARGS_PREVIEW
-from crmcache.redis_server import free_port
+from ops.dev.redis_server import free_port
 from tests.conftest import wait_until
 
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))
@@ -111,8 +111,8 @@ def _message(app: Any, args: tuple[Any, ...]) -> Any:
 
 def test_task_argument_previews_do_not_carry_user_data(settings: Any) -> None:
     # Given a batch whose events name a user and carry their data
-    import tasks
-    from consumer.enqueue import CeleryEnqueuer
+    from tasks.celery import app as worker_app
+    from tasks.producer import CeleryEnqueuer
 
     secret = "jane.doe@example.com"
     events = [
@@ -120,7 +120,7 @@ def test_task_argument_previews_do_not_carry_user_data(settings: Any) -> None:
     ]
     enqueuer = CeleryEnqueuer(settings)
     try:
-        for app in (tasks.app, enqueuer.app):
+        for app in (worker_app, enqueuer.app):
             # When Celery builds the task message (worker app and subscriber app alike)
             message = _message(app, ("acme", events))
             # Then the previews Flower shows are short and hold no user data; args are intact

@@ -1,12 +1,12 @@
 """Fair sharing between tenants, pure logic: which tenants take the bulk lane, and how a bulk
-tenant's events are batched (consumer/lanes.py, consumer/batcher.py)."""
+tenant's events are batched (consumer/ingest/lanes.py, consumer/ingest/batcher.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from consumer.batcher import Batcher
-from consumer.lanes import LaneRouter
+from consumer.ingest.batcher import Batcher
+from consumer.ingest.lanes import LaneRouter
 from crmcache.events import Event
 
 

@@ -17,8 +17,8 @@ from config.celery import celery_config
 from crmcache import keyspace, preload_runs
 from crmcache.keyspace import TenantKeys
 from crmcache.preload_runs import WrapperSlots
-from crmcache.redis_server import RedisServer
 from crmcache.store import Store
+from ops.dev.redis_server import RedisServer
 from tests.conftest import wait_until
 from tests.processes import Proc, running, worker_args
 

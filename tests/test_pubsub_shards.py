@@ -13,9 +13,9 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.pubsub_shards import Pace, PubSubShards, channel_groups
+from consumer.ingest.pubsub_shards import Pace, PubSubShards, channel_groups
 from crmcache.keyspace import STREAMS, DataClass, TenantKeys, input_patterns
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from tests.conftest import RunningSubscriber, wait_until
 from tests.tcp_proxy import TcpProxy
 

@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 
 from config.celery import EVENTS_QUEUE, celery_config
-from consumer.enqueue import CeleryEnqueuer
-from consumer.subscriber import Subscriber
+from consumer.ingest.subscriber import Subscriber
 from crmcache import keyspace
 from crmcache.keyspace import DataClass, TenantKeys
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
+from tasks.producer import CeleryEnqueuer
 from tests import test_pipeline as pipeline
 from tests.conftest import RunningSubscriber, wait_until
 from tests.processes import Proc, worker_args

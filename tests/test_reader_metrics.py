@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from consumer.prometheus import ReaderCollector, exposition
+from consumer.read.prometheus import ReaderCollector, exposition
 from crmcache.errors import TenantNotReady
 from crmcache.keyspace import TenantKeys
 from crmcache.read_metrics import bucket_of, bucket_upper_ns, build_snapshot, counter_field

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
-from consumer.background import Background
-from consumer.near_cache import NearCache
+from consumer.read.background import Background
+from consumer.read.near_cache import NearCache
 from crmcache.events import Event
 from crmcache.keyspace import DataClass, TenantKeys
 from tests.conftest import wait_until

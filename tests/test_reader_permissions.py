@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.permissions import Decision, compile_grants, decide, grant_matches
+from consumer.read.permissions import Decision, compile_grants, decide, grant_matches
 from tests.reader_helpers import preload, reader
 
 SEGMENTS = st.sampled_from(["crm", "leads", "create", "x", "*", "leadsX", ""])

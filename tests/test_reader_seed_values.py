@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from consumer.results import CreditCost, PermissionCheck, ReferenceResult
+from consumer.read.results import CreditCost, PermissionCheck, ReferenceResult
 from crmcache.events import Event
 from crmcache.keyspace import TenantKeys
 from crmcache.store import Store

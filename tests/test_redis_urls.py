@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.celery import celery_config
+from config.redis_urls import RedisUrlError, kombu_broker, parse_redis_url
 from config.settings import ConfigError, load_settings
-from crmcache.redis_urls import RedisUrlError, kombu_broker, parse_redis_url
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 import redis
 import requests
 
-from crmcache.redis_server import RedisServer
+from ops.dev.redis_server import RedisServer
 from sandbox import SandboxWrapper
 from sandbox.__main__ import main as sandbox_main
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from config.settings import load_settings
-from consumer.reader import SmartCRMConsumer
+from consumer.read.client import SmartCRMConsumer
 from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.redis_client import make_redis
 from tests.conftest import wait_until

@@ -21,8 +21,8 @@ from typing import IO, Any
 import pytest
 import requests
 
-from crmcache.redis_server import free_port
-from crmcache.stack import Part, PartFailed, Supervisor, group_alive
+from ops.dev.redis_server import free_port
+from ops.dev.stack import Part, PartFailed, Supervisor, group_alive
 from tests.conftest import wait_until
 
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))

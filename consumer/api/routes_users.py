@@ -1,0 +1,77 @@
+"""``GET /api/users/{userId}/profile`` and ``GET /api/permissions/check``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from consumer.api import fastpath
+from consumer.api.auth import tenant_of
+from consumer.api.deps import Stopwatch, flag, iso_time, service_of
+from consumer.api.errors import ApiError
+from consumer.api.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
+
+router = APIRouter(tags=["users"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
+    422: {"model": ErrorResponse, "description": "invalid request"},
+    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
+}
+
+# A path segment cannot carry "/" and a "%" is decoded by the server: ids holding either are
+# only addressable where they are query parameters.
+PATH_IDENT_PATTERN = r"^[!-$&-.0-~]{1,256}$"
+UserIdPath = Annotated[str, Path(min_length=1, max_length=256, pattern=PATH_IDENT_PATTERN)]
+IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)]
+
+
+@router.get(
+    "/api/users/{userId}/profile",
+    response_model=UserProfile,
+    responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown user"}},
+    summary="The user's profile (reference data, read through with a TTL)",
+)
+def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
+    tenant, service = tenant_of(request), service_of(request)
+    answer = service.readers.get(tenant).get_user_profile_detail(userId)
+    profile = getattr(answer, "value", None)
+    if profile is None:
+        raise ApiError(404, "user_not_found", "no such user", userId=userId)
+    if not isinstance(profile, dict):
+        profile = {"profile": profile}
+    return {
+        **profile,
+        "cached": flag(answer, "cached"),
+        "stale": flag(answer, "stale"),
+        "cacheExpiry": iso_time(getattr(answer, "expires_at", None)),
+    }
+
+
+@router.get(
+    "/api/permissions/check",
+    response_model=PermissionCheck,
+    responses=_ERRORS,
+    summary="May the user do this? (critical data, from the near-cache)",
+)
+async def check_permission(
+    request: Request, userId: IdentQuery, permission: IdentQuery
+) -> JSONResponse:
+    watch = Stopwatch()
+    tenant, service = tenant_of(request), service_of(request)
+    reader = await fastpath.reader_for(service.readers, tenant)
+    answer = await fastpath.check_permission(reader, userId, permission)
+    # Hot path: the dict goes out as is; response_model still documents it, and the
+    # schemathesis test checks every answer against it.
+    return JSONResponse(
+        {
+            "userId": userId,
+            "permission": permission,
+            "authorized": flag(answer, "authorized"),
+            "cached": flag(answer, "cached"),
+            "stale": flag(answer, "stale"),
+            "responseTimeMs": watch.elapsed_ms(),
+        }
+    )

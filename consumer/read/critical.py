@@ -1,0 +1,399 @@
+"""Critical reads: credit costs and permission checks, near-cache first, Redis in one round trip.
+
+Answers, in order of preference:
+
+1. the near-cache, when its generation is current and confirmed within the staleness bound;
+2. Redis, one Lua call returning the data with the version and readiness it was read at (which
+   also refills the near-cache and confirms it);
+3. the last-known-good copy (near-cache entries of any generation), flagged ``stale`` with its
+   age, when Redis is unreachable or the tenant lost its data, up to ``CRM_DEGRADED_MAX_AGE``;
+   past that ``StaleDataTooOld``; with no copy at all ``StoreUnavailable`` / ``TenantNotReady``.
+
+"Not configured" and "unknown user" are only ever said of a ready tenant.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from config.settings import Settings
+from consumer.read.connection import ReaderConnection
+from consumer.read.metrics import ReadMetrics
+from consumer.read.near_cache import Entry, NearCache
+from consumer.read.permissions import ACTIVE, Decision, Grants, compile_grants, decide
+from consumer.read.results import CreditCost, Number, PermissionCheck
+from crmcache.errors import StaleDataTooOld, StoreUnavailable, TenantNotReady
+from crmcache.keyspace import DataClass, TenantKeys
+
+logger = logging.getLogger(__name__)
+
+COSTS, PERMISSIONS = "credit-costs", "permissions"
+_perf_ns = time.perf_counter_ns
+_monotonic = time.monotonic
+
+
+_epoch_prefix = secrets.token_hex(6)
+_epoch_counter = itertools.count()
+
+
+def _new_epoch() -> str:
+    """A candidate for meta.epoch, stored by the first read that finds none (read_cost.lua).
+    Unique for every call: after Redis lost the data, nobody may re-create the old epoch."""
+    return f"{_epoch_prefix}-{next(_epoch_counter)}"
+
+
+def parse_cost(raw: bytes) -> Number | None:
+    """A cost as stored (JSON number text); None (with a warning) for anything else."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        logger.warning("ignoring a malformed credit cost %r", raw[:40])
+        return None
+    return value
+
+
+_MEMO_MAX = 10_000
+_role_lists: dict[bytes, tuple[str, ...]] = {}
+_grants: dict[bytes, Grants] = {}
+
+
+def parse_role_ids(raw: bytes | None) -> tuple[str, ...] | None:
+    """A user's role ids, interned and memoized by their JSON text: thousands of users share a
+    few role lists, so this is usually one dict lookup (and one tuple shared by them all)."""
+    if raw is None:
+        return None
+    roles = _role_lists.get(raw)
+    if roles is None:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = []
+        items = value if isinstance(value, list) else []
+        roles = tuple(sys.intern(r) for r in items if isinstance(r, str))
+        if len(_role_lists) >= _MEMO_MAX:
+            _role_lists.clear()
+        _role_lists[raw] = roles
+    return roles
+
+
+def parse_status(raw: bytes | None) -> str | None:
+    return sys.intern(raw.decode()) if raw is not None else None
+
+
+def parse_grants(raw: bytes | None) -> Grants | None:
+    """A role's compiled grants, memoized by their JSON text (compiling costs ~5 µs; a role's
+    text only changes when the role does)."""
+    if raw is None:
+        return None
+    grants = _grants.get(raw)
+    if grants is None:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = []
+        grants = compile_grants(value if isinstance(value, list) else [])
+        if len(_grants) >= _MEMO_MAX:
+            _grants.clear()
+        _grants[raw] = grants
+    return grants
+
+
+class CriticalReader:
+    """One tenant's critical reads in this process."""
+
+    def __init__(
+        self,
+        tenant: str,
+        settings: Settings,
+        conn: ReaderConnection,
+        metrics: ReadMetrics,
+        on_not_ready: Callable[[], None],
+    ) -> None:
+        self.tenant = tenant
+        self.keys = TenantKeys.of(tenant)
+        self.near = NearCache(settings.near_cache_staleness_ms, settings.near_cache_max_entries)
+        self.serve_near = settings.near_cache
+        self.max_age_ms = settings.degraded_max_age * 1000.0
+        self.conn = conn
+        self.metrics = metrics
+        self.on_not_ready = on_not_ready
+        k = self.keys
+        self._cost_keys = [k.meta, k.values(DataClass.CREDIT_COSTS)]
+        self._access_keys = [
+            k.meta,
+            k.values(DataClass.USER_STATUS),
+            k.values(DataClass.USER_ROLES),
+            k.values(DataClass.ROLES),
+        ]
+
+    # --- credit costs --------------------------------------------------------------------------
+
+    def credit_cost(self, operation: str) -> CreditCost:
+        start = _perf_ns()
+        answer = self.near_credit_cost(operation, start)
+        return answer if answer is not None else self._credit_cost_from_redis(operation, start)
+
+    def near_credit_cost(self, operation: str, start: int) -> CreditCost | None:
+        """The near-cache's answer, or None when it cannot give one (no I/O)."""
+        near = self.near
+        entry = near.costs.get(operation)
+        if entry is not None and self.serve_near:
+            now = _monotonic()
+            if entry[1] == near.gen and now < near.trusted_until:
+                result = CreditCost(
+                    operation,
+                    entry[0],
+                    True,
+                    False,
+                    (now - near.confirmed_at) * 1000.0,
+                    "near-cache",
+                )
+                self.metrics.record_near_hit(COSTS, _perf_ns() - start)
+                return result
+        return None
+
+    def _credit_cost_from_redis(self, operation: str, start: int) -> CreditCost:
+        read_at = _monotonic()
+        script = self.conn.script("read_cost")
+        try:
+            version, ready_raw, epoch, raw = self.conn.run(
+                lambda: script(keys=self._cost_keys, args=[operation, _new_epoch()])
+            )
+        except StoreUnavailable:
+            return self._cost_last_known(operation, start, degraded=True)
+        ready = ready_raw == b"1"
+        gen = self.near.observe(epoch, int(version), read_at, ready)
+        cost = parse_cost(raw) if raw is not None else None
+        if raw is None and not ready:
+            self.on_not_ready()
+            return self._cost_last_known(operation, start, degraded=False)
+        if gen is not None and ready:
+            self.near.put(self.near.costs, operation, cost, gen, read_at)
+        self.metrics.record(COSTS, True, _perf_ns() - start)
+        return CreditCost(operation, cost, True, False, 0.0, "redis")
+
+    def _cost_last_known(self, operation: str, start: int, *, degraded: bool) -> CreditCost:
+        entry = self.near.costs.get(operation)
+        try:
+            age = self._usable_age(entry, degraded, f"the cost of {operation!r}")
+        except (StoreUnavailable, TenantNotReady):
+            self.metrics.record(COSTS, False, _perf_ns() - start, degraded=degraded, error=True)
+            raise
+        assert entry is not None
+        self.metrics.record(COSTS, True, _perf_ns() - start, stale=True, degraded=degraded)
+        return CreditCost(operation, entry[0], True, True, age, "last-known-good")
+
+    # --- permissions ---------------------------------------------------------------------------
+
+    def check_permission(self, user_id: str, permission: str) -> PermissionCheck:
+        start = _perf_ns()
+        answer = self.near_permission(user_id, permission, start)
+        if answer is not None:
+            return answer
+        return self._check_from_redis(user_id, permission, start)
+
+    def near_permission(self, user_id: str, permission: str, start: int) -> PermissionCheck | None:
+        """The near-cache's answer, or None when it cannot give one (no I/O)."""
+        near = self.near
+        entry = near.users.get(user_id)
+        if entry is not None and self.serve_near:
+            now = _monotonic()
+            gen = near.gen
+            if entry[1] == gen and now < near.trusted_until:
+                decision = self._decide_cached(entry, permission, gen)
+                if decision is not None:
+                    age = (now - near.confirmed_at) * 1000.0
+                    self.metrics.record_near_hit(PERMISSIONS, _perf_ns() - start)
+                    return PermissionCheck(
+                        user_id,
+                        permission,
+                        decision is Decision.GRANTED,
+                        decision.value,
+                        True,
+                        False,
+                        age,
+                        "near-cache",
+                    )
+        return None
+
+    def _decide_cached(self, user: Entry, permission: str, gen: int | None) -> Decision | None:
+        """Decide from cached entries of generation ``gen`` (any generation when None); None
+        when a needed role is not cached."""
+        status, role_ids = user[0]
+        roles = self.near.roles
+        if status == ACTIVE:
+            for role in role_ids or ():
+                entry = roles.get(role)
+                if entry is None or (gen is not None and entry[1] != gen):
+                    return None
+
+        def grants_of(role: str) -> Grants | None:
+            entry = roles.get(role)
+            return entry[0] if entry is not None else None
+
+        return decide(status, role_ids, grants_of, permission, True)
+
+    def _check_from_redis(self, user_id: str, permission: str, start: int) -> PermissionCheck:
+        read_at = _monotonic()
+        script = self.conn.script("read_access")
+        try:
+            reply: list[Any] = self.conn.run(
+                lambda: script(keys=self._access_keys, args=[user_id, _new_epoch()])
+            )
+        except StoreUnavailable:
+            return self._check_last_known(user_id, permission, start, degraded=True)
+        version, ready_raw, epoch, status_raw, roles_raw, *pairs = reply
+        ready = ready_raw == b"1"
+        gen = self.near.observe(epoch, int(version), read_at, ready)
+        status = parse_status(status_raw)
+        role_ids = parse_role_ids(roles_raw)
+        grants = {pairs[i].decode(): parse_grants(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        decision = decide(status, role_ids, grants.get, permission, ready)
+        if decision is Decision.UNKNOWN:
+            self.on_not_ready()
+            return self._check_last_known(user_id, permission, start, degraded=False)
+        if gen is not None and ready:
+            near = self.near
+            near.put(near.users, user_id, (status, role_ids), gen, read_at)
+            for role, role_grants in grants.items():
+                near.put(near.roles, role, role_grants, gen, read_at)
+        self.metrics.record(PERMISSIONS, True, _perf_ns() - start)
+        return PermissionCheck(
+            user_id,
+            permission,
+            decision is Decision.GRANTED,
+            decision.value,
+            True,
+            False,
+            0.0,
+            "redis",
+        )
+
+    def _check_last_known(
+        self, user_id: str, permission: str, start: int, *, degraded: bool
+    ) -> PermissionCheck:
+        near = self.near
+        user = near.users.get(user_id)
+        decision = self._decide_cached(user, permission, None) if user is not None else None
+        entry = user if decision is not None else None
+        try:
+            age = self._usable_age(entry, degraded, f"the access of user {user_id!r}")
+        except (StoreUnavailable, TenantNotReady):
+            self.metrics.record(
+                PERMISSIONS, False, _perf_ns() - start, degraded=degraded, error=True
+            )
+            raise
+        assert user is not None and decision is not None
+        status, role_ids = user[0]
+        now = _monotonic()
+        if status == ACTIVE:
+            for role in role_ids or ():
+                age = max(age, near.age_ms(near.roles[role], now))
+        if age > self.max_age_ms:
+            self.metrics.record(
+                PERMISSIONS, False, _perf_ns() - start, degraded=degraded, error=True
+            )
+            raise StaleDataTooOld(f"last-known-good access of {user_id!r} is {age:.0f} ms old", age)
+        self.metrics.record(PERMISSIONS, True, _perf_ns() - start, stale=True, degraded=degraded)
+        return PermissionCheck(
+            user_id,
+            permission,
+            decision is Decision.GRANTED,
+            decision.value,
+            True,
+            True,
+            age,
+            "last-known-good",
+        )
+
+    # --- shared --------------------------------------------------------------------------------
+
+    def _usable_age(self, entry: Entry | None, degraded: bool, what: str) -> float:
+        """The age of a last-known-good entry, or the typed error when it cannot be used."""
+        if entry is None:
+            if degraded:
+                raise StoreUnavailable(f"Redis unreachable and no last-known-good copy of {what}")
+            raise TenantNotReady(
+                f"tenant {self.tenant!r} is not loaded (never preloaded, or Redis lost it): "
+                f"{what} is unknown"
+            )
+        age = self.near.age_ms(entry, _monotonic())
+        if age > self.max_age_ms:
+            raise StaleDataTooOld(f"last-known-good copy of {what} is {age:.0f} ms old", age)
+        return age
+
+    # --- warm-up and background work -------------------------------------------------------------
+
+    def warm(self, max_fields: int) -> int:
+        """Load every critical hash of at most ``max_fields`` fields, atomically with the
+        version; returns the entries loaded (0 when the tenant is not ready)."""
+        k = self.keys
+        classes = (
+            DataClass.CREDIT_COSTS,
+            DataClass.USER_STATUS,
+            DataClass.USER_ROLES,
+            DataClass.ROLES,
+        )
+        read_at = _monotonic()
+
+        def sizes() -> list[Any]:
+            pipe = self.conn.client.pipeline(transaction=False)
+            for data_class in classes:
+                pipe.hlen(k.values(data_class))
+            return pipe.execute()
+
+        small = [c for c, n in zip(classes, self.conn.run(sizes), strict=True) if n <= max_fields]
+
+        def load() -> list[Any]:
+            pipe = self.conn.client.pipeline(transaction=True)
+            pipe.hsetnx(k.meta, "epoch", _new_epoch())
+            pipe.hmget(k.meta, "version", "ready", "epoch")
+            for data_class in small:
+                pipe.hgetall(k.values(data_class))
+            return pipe.execute()
+
+        _, (version, ready_raw, epoch), *tables = self.conn.run(load)
+        gen = self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")
+        if gen is None or ready_raw != b"1":
+            return 0
+        loaded = dict(zip(small, tables, strict=True))
+        return self._fill(loaded, gen, read_at)
+
+    def _fill(self, loaded: dict[DataClass, dict[bytes, bytes]], gen: int, read_at: float) -> int:
+        near, count = self.near, 0
+        for op, raw in loaded.get(DataClass.CREDIT_COSTS, {}).items():
+            near.put(near.costs, op.decode(), parse_cost(raw), gen, read_at)
+            count += 1
+        for role, raw in loaded.get(DataClass.ROLES, {}).items():
+            near.put(near.roles, role.decode(), parse_grants(raw), gen, read_at)
+            count += 1
+        if DataClass.USER_STATUS in loaded and DataClass.USER_ROLES in loaded:
+            roles_of = loaded[DataClass.USER_ROLES]
+            for user, status in loaded[DataClass.USER_STATUS].items():
+                access = (parse_status(status), parse_role_ids(roles_of.get(user)))
+                near.put(near.users, user.decode(), access, gen, read_at)
+                count += 1
+        return count
+
+    def check_version(self) -> None:
+        """Confirm (or advance) the near-cache's epoch and version: one round trip."""
+        read_at = _monotonic()
+
+        def read() -> list[Any]:
+            pipe = self.conn.client.pipeline(transaction=True)
+            pipe.hsetnx(self.keys.meta, "epoch", _new_epoch())
+            pipe.hmget(self.keys.meta, "version", "ready", "epoch")
+            return pipe.execute()
+
+        _, (version, ready_raw, epoch) = self.conn.run(read)
+        self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")

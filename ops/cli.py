@@ -1,0 +1,46 @@
+"""The ``crmcache`` command line: one entry point, a subcommand per job.
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from config.settings import ConfigError, get_settings
+from crmcache.logging_config import configure_logging
+from ops.commands import COMMANDS
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crmcache",
+        description="Keeps a multi-tenant CRM's critical and reference data close, correct "
+        "and fast. Configuration comes from the environment (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"crmcache: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return int(args.handler(args, settings))
+    except ConfigError as exc:
+        print(f"crmcache: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED

@@ -1,0 +1,128 @@
+"""``crmcache inspect TENANT``: what is cached for one tenant, with stamps and versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.table import Table
+
+from config.settings import Settings
+from crmcache.keyspace import DATA_CLASSES, TenantKeys
+from ops import inspection
+from ops.commands._common import (
+    EXIT_OK,
+    add_json_flag,
+    add_parser,
+    age,
+    cache_client,
+    console,
+    print_json,
+    with_redis_errors,
+)
+
+EPILOG = """\
+Critical data (credit-costs, roles, user-status, user-roles, configs) is shown with each field's
+stamp: "<seq>" or "<seq>:<version>" of the event that set it (a newer event wins), or
+"snapshot <= N" for a value loaded by the preload that started at sequence N (the class floor:
+events stamped at or below it are refused). A stamp without a value is a tombstone: the field
+was deleted and an older write cannot bring it back.
+Reference entries (profiles, hierarchy nodes) are shown with their remaining TTL."""
+
+
+def register(sub: Any) -> None:
+    parser = add_parser(
+        sub,
+        "inspect",
+        help="show what is cached for a tenant, with stamps and versions",
+        description="Show everything cached for one tenant.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("tenant", help="tenant id")
+    parser.add_argument(
+        "--class",
+        dest="data_class",
+        choices=[dc.value for dc in DATA_CLASSES],
+        action="append",
+        help="only this data class (repeatable)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=50, help="entries shown per class (default %(default)s)"
+    )
+    add_json_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+@with_redis_errors
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    TenantKeys.of(args.tenant)  # InvalidTenant -> exit 2
+    client = cache_client(settings)
+    try:
+        contents = inspection.tenant_contents(client, args.tenant, max(args.limit, 0))
+    finally:
+        client.close()
+    if args.data_class:
+        contents["classes"] = {k: v for k, v in contents["classes"].items() if k in args.data_class}
+    if args.json:
+        print_json(contents)
+    else:
+        render(contents)
+    return EXIT_OK
+
+
+def _short(value: Any, width: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render(contents: dict[str, Any]) -> None:
+    out = console()
+    meta = contents["meta"]
+    ready = "[green]ready[/]" if contents["ready"] else "[red]not ready[/]"
+    out.print(
+        f"[bold]tenant {contents['tenant']}[/]  {ready}  version {meta.get('version', '-')}  "
+        f"sequence {contents['sequence'] or 0}  last event {age(_int(meta.get('last-event-ms')))}"
+        f"  last preload {age(_int(meta.get('last-preload-ms')))}"
+    )
+    for name, data in contents["classes"].items():
+        table = Table(
+            title=f"{name}: {data['count']} entries, {data['tombstones']} tombstones",
+            title_justify="left",
+        )
+        table.add_column("field", overflow="fold")
+        table.add_column("value", overflow="fold")
+        table.add_column("stamp (seq[:version])")
+        snapshot = f"snapshot <= {data['floor']}" if data.get("floor") else "-"
+        for entry in data["entries"]:
+            table.add_row(entry["field"], _short(entry["value"]), entry["stamp"] or snapshot)
+        for tomb in data["tombstoneEntries"]:
+            table.add_row(tomb["field"], "[dim](deleted)[/]", tomb["stamp"])
+        if data["count"] or data["tombstones"]:
+            out.print(table)
+        else:
+            out.print(f"[dim]{name}: empty[/]")
+    for kind, entries in contents["references"].items():
+        if not entries:
+            continue
+        table = Table(title=f"reference: {kind}", title_justify="left")
+        table.add_column("id", overflow="fold")
+        table.add_column("ttl")
+        table.add_column("entry", overflow="fold")
+        for entry in entries:
+            ttl = entry["ttlMs"]
+            table.add_row(
+                entry["id"], f"{ttl / 1000:.0f}s" if ttl >= 0 else "-", _short(entry["entry"])
+            )
+        out.print(table)
+    if contents["balances"]:
+        balances = ", ".join(f"{u} {b}" for u, b in contents["balances"].items())
+        out.print(f"balances      {balances}")
+    out.print(f"leads {contents['leads']}, credit outbox {contents['creditOutbox']} unsettled")
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

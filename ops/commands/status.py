@@ -1,0 +1,124 @@
+"""``crmcache status``: the health of the cache, per tenant, at a glance."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from config.settings import Settings
+from ops import inspection
+from ops.commands._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_json_flag,
+    add_parser,
+    age,
+    cache_client,
+    console,
+    print_json,
+    with_redis_errors,
+)
+
+EPILOG = """\
+Tenants: CRM_TENANTS, else every tenant with data in the cache (or --tenant).
+Per tenant: ready (critical data loaded), entries per data class, age of the last applied
+event and of the last preload, hit rates from the readers' last published metrics snapshot.
+Overall: dead letters (stored / ever), the active subscriber (its lease), Celery workers that
+answer a ping.
+
+With --strict the exit code is 1 unless every tenant is ready, a subscriber is active and at
+least one worker answers: usable as a readiness check in scripts."""
+
+
+def register(sub: Any) -> None:
+    parser = add_parser(
+        sub,
+        "status",
+        help="show readiness, entries, event/preload age, hit rates, dead letters, workers",
+        description="Show the state of the cache and of the pipeline around it.",
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "--tenant", action="append", metavar="T", help="only these tenants (repeatable)"
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds to wait for workers' ping replies (0: do not ping; default %(default)s)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 unless all is healthy")
+    add_json_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+@with_redis_errors
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    client = cache_client(settings)
+    try:
+        tenants = args.tenant or inspection.known_tenants(client, settings)
+        status = inspection.stack_status(client, settings, tenants, args.ping_timeout)
+    finally:
+        client.close()
+    status["healthy"] = healthy(status)
+    if args.json:
+        print_json(status)
+    else:
+        render(status)
+    return EXIT_FAILED if args.strict and not status["healthy"] else EXIT_OK
+
+
+def healthy(status: dict[str, Any]) -> bool:
+    return (
+        bool(status["tenants"])
+        and all(t["ready"] for t in status["tenants"])
+        and status["subscriber"]["active"] is not None
+        and bool(status["workers"]["count"])
+    )
+
+
+def _rate(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def render(status: dict[str, Any]) -> None:
+    out = console()
+    if not status["tenants"]:
+        out.print("[yellow]no tenant has data in the cache yet[/] (is a preload running?)")
+    for tenant in status["tenants"]:
+        table = Table(title=f"tenant {tenant['tenant']}", title_justify="left", show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value")
+        ready = "[green]yes[/]" if tenant["ready"] else "[red]no[/] (never preloaded)"
+        table.add_row("ready", ready)
+        table.add_row(
+            "entries", "  ".join(f"{name} {count}" for name, count in tenant["entries"].items())
+        )
+        table.add_row("last event", age(tenant["lastEventMs"]))
+        table.add_row("last preload", age(tenant["lastPreloadMs"]))
+        rates = tenant["hitRates"]
+        if rates:
+            for part in ("window", "totals"):
+                if part in rates:
+                    r = rates[part]
+                    table.add_row(
+                        f"hit rate ({part})",
+                        f"critical {_rate(r.get('criticalHitRate'))}  "
+                        f"reference {_rate(r.get('referenceHitRate'))}  "
+                        f"overall {_rate(r.get('overallHitRate'))}  "
+                        f"requests {r.get('totalRequests', '-')}",
+                    )
+        else:
+            table.add_row("hit rates", "- (no metrics snapshot yet)")
+        out.print(table)
+    dead = status["deadLetters"]
+    subscriber = status["subscriber"]["active"] or "[red]none[/]"
+    workers = status["workers"]
+    count = "[red]broker unreachable[/]" if workers["count"] is None else str(workers["count"])
+    names = f" ({', '.join(workers['names'])})" if workers["names"] else ""
+    out.print(f"dead letters  {dead['stored']} stored, {dead['total']} ever")
+    out.print(f"subscriber    {subscriber}")
+    out.print(f"workers       {count}{names}")

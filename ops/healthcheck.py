@@ -1,0 +1,128 @@
+"""Container health checks (docker-compose.yml): ``python -m ops.healthcheck CHECK``.
+
+  redis                 the cache answers PING
+  subscriber            the cache answers and some subscriber holds the leader lease
+                        (a standby is healthy while its peer leads)
+  worker                this host's Celery worker answers a ping
+  beat PATH [MAX_AGE]   beat's schedule file was written in the last MAX_AGE s (default 600;
+                        beat syncs it at least every 3 minutes while it ticks)
+  http URL [any]        URL answers 200 (with "any": answers at all, e.g. 401)
+
+Exit 0 healthy, 1 unhealthy (one line on stderr says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+TIMEOUT = 5.0
+
+
+def _cache() -> object:
+    from config.settings import get_settings
+    from crmcache.redis_client import make_redis
+
+    return make_redis(get_settings().cache_url, socket_timeout=TIMEOUT)
+
+
+def check_redis() -> str | None:
+    import redis
+
+    client = _cache()
+    assert isinstance(client, redis.Redis)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"redis: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+def check_subscriber() -> str | None:
+    import redis
+
+    from crmcache import keyspace
+
+    client = _cache()
+    assert isinstance(client, redis.Redis)
+    try:
+        holder = client.get(keyspace.LEADER)
+    except redis.RedisError as exc:
+        return f"redis: {exc}"
+    finally:
+        client.close()
+    return None if holder else "no subscriber holds the leader lease"
+
+
+def check_worker() -> str | None:
+    from celery import Celery
+
+    from config.celery import celery_config
+    from config.settings import get_settings
+
+    app = Celery("crmcache-healthcheck")
+    app.conf.update(celery_config(get_settings()))
+    node = f"celery@{socket.gethostname()}"
+    try:
+        replies = app.control.ping(destination=[node], timeout=TIMEOUT) or []
+    except Exception as exc:  # kombu's connection errors are many
+        return f"broker: {exc}"
+    finally:
+        app.close()
+    return None if replies else f"{node} did not answer a ping"
+
+
+def check_beat(path: str, max_age: float = 600.0) -> str | None:
+    files = glob.glob(path + "*")
+    if not files:
+        return f"no schedule file {path}"
+    age = time.time() - max(os.path.getmtime(f) for f in files)
+    return None if age <= max_age else f"schedule file not written for {age:.0f}s"
+
+
+def check_http(url: str, any_status: bool = False) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:  # noqa: S310 (our URL)
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+        exc.close()
+    except OSError as exc:
+        return f"{url}: {exc}"
+    return None if status == 200 or any_status else f"{url}: HTTP {status}"
+
+
+def main(argv: list[str]) -> int:
+    match argv:
+        case ["redis"]:
+            problem = check_redis()
+        case ["subscriber"]:
+            problem = check_subscriber()
+        case ["worker"]:
+            problem = check_worker()
+        case ["beat", path]:
+            problem = check_beat(path)
+        case ["beat", path, max_age]:
+            problem = check_beat(path, float(max_age))
+        case ["http", url]:
+            problem = check_http(url)
+        case ["http", url, "any"]:
+            problem = check_http(url, any_status=True)
+        case _:
+            print(__doc__, file=sys.stderr)
+            return 2
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
