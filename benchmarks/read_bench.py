@@ -73,7 +73,7 @@ def load_tenant(store: Store, data: dict[DataClass, list[tuple[str, str]]]) -> N
     s0 = store.begin_snapshot(TENANT)
     for data_class, items in data.items():
         store.write_snapshot(TENANT, data_class, s0, items)
-    store.mark_ready(TENANT)
+    store.mark_ready(TENANT, s0)
 
 
 def interleaved(

@@ -30,6 +30,7 @@ from crmcache.errors import (
     BalanceUnknown,
     IdempotencyConflict,
     InsufficientCredits,
+    StoreUnavailable,
     WrapperError,
     WrapperNotFound,
 )
@@ -185,8 +186,9 @@ def deduct(
     defaults to (user, operation, amount). `read_through` fills a balance that is not cached
     (the read side's ``get_user_credits_detail``, which shares one upstream fetch among
     concurrent callers; its ``found`` False means the Wrapper knows no such user); by default
-    ``load_balance``. Raises InsufficientCredits, IdempotencyConflict,
-    BalanceUnknown, StoreUnavailable (fail closed) or WrapperUnavailable (balance not cached
+    ``load_balance``. Raises InsufficientCredits, IdempotencyConflict, BalanceUnknown (only
+    when the Wrapper answered 404 for the user), StoreUnavailable (fail closed: Redis down, or a
+    balance read through that the cache did not keep) or WrapperUnavailable (balance not cached
     and the Wrapper down: fail closed too).
     """
     keys = TenantKeys.of(tenant)
@@ -248,7 +250,10 @@ def deduct(
             load_balance(store, wrapper, tenant, user_id)
         elif getattr(read_through(), "found", True) is False:
             raise BalanceUnknown(f"the Wrapper knows no user {user_id!r}")
-    raise BalanceUnknown(f"the balance of {user_id!r} keeps disappearing from the cache")
+    # The Wrapper knows the user, yet the cache still holds no balance: Redis lost its data
+    # (restarted empty) or the read-through could not write it. The user exists: never say
+    # "not found" for that; fail closed as for any other cache outage.
+    raise StoreUnavailable(f"the balance of {user_id!r} could not be kept in the cache")
 
 
 def _run_deduct(store: Store, tenant: str, keys: list[str], args: list[Any]) -> Any:

@@ -18,8 +18,8 @@ P:stamps:<class>               hash    field -> "seq" or "seq:version" of its la
                                        a stamp without a value is a tombstone
 P:meta                         hash    ready, version, last-event-ms, last-preload-ms,
                                        preload-started-ms, floor:<class>, epoch (random,
-                                       set by the first reader: a new one means Redis lost
-                                       the data, so versions restarted)
+                                       set by the first reader or preload: a new one means
+                                       Redis lost the data, so versions restarted)
 P:seq                          string  per-tenant receipt sequence (INCRBY by the subscriber)
 P:event-ids                    zset    eventId -> applied-at ms (dedupe window)
 P:ref:profile:<userId>         hash    read-through entry: value (JSON), fetched-ms,

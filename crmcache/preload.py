@@ -1,7 +1,9 @@
 """Preload (resync): load a tenant's critical data from the Wrapper into the cache.
 
 Everything is fetched first, then written: a Wrapper failure part-way writes nothing and the
-tenant's readiness is unchanged. The store's snapshot scripts keep every field that an event
+tenant's readiness is unchanged. If Redis loses its data while the snapshot is fetched or written
+(a new epoch), the rest is not written, the tenant is not marked ready, and StoreUnavailable
+makes the caller start over. The store's snapshot scripts keep every field that an event
 received after the snapshot began has changed (design §3).
 """
 
@@ -78,7 +80,8 @@ def preload_tenant(
 ) -> PreloadReport:
     """Fetch the tenant's snapshot, write it without losing newer events, mark it ready."""
     report = PreloadReport(tenant)
-    report.snapshot_seq = s0 = store.begin_snapshot(tenant)
+    s0 = store.begin_snapshot(tenant)
+    report.snapshot_seq = s0.seq
     writes = snapshot_writes(
         tenant, "credit-config-changed", wrapper.credit_configs(tenant), report.skipped
     )
@@ -102,5 +105,5 @@ def preload_tenant(
             len(report.skipped),
             report.skipped[0],
         )
-    store.mark_ready(tenant)
+    store.mark_ready(tenant, s0)
     return report

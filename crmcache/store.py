@@ -7,6 +7,7 @@ Key names and Lua sources come from ``keyspace``; redis-py errors are translated
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,20 @@ def translate_errors() -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SnapshotStart:
+    """Where a snapshot (preload) began: its start stamp S0 and the epoch of the data it is
+    written into. Every write of the snapshot checks the epoch: when Redis lost its data since
+    (restarted empty), S0 belongs to a counter that no longer exists, so nothing more is
+    written and the tenant is not marked ready."""
+
+    seq: int
+    epoch: str
+
+
+_EPOCH_LOST = "Redis lost its data while the snapshot of {tenant!r} was written (a new epoch)"
 
 
 @dataclass(frozen=True)
@@ -121,18 +136,25 @@ class Store:
 
     # --- snapshots (preload / resync) ---------------------------------------------------------
 
-    def begin_snapshot(self, tenant: str) -> int:
-        """Take the snapshot's start stamp S0, before anything is asked of the Wrapper."""
+    def begin_snapshot(self, tenant: str) -> SnapshotStart:
+        """Take the snapshot's start stamp S0, before anything is asked of the Wrapper, with the
+        epoch it belongs to (creating one when Redis has none yet, as the first reader does)."""
         keys = TenantKeys.of(tenant)
         with translate_errors():
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.incr(keys.seq)
             pipe.hset(keys.meta, "preload-started-ms", now_ms())
-            s0, _ = pipe.execute()
-        return int(s0)
+            pipe.hsetnx(keys.meta, "epoch", f"s-{secrets.token_hex(8)}")
+            pipe.hget(keys.meta, "epoch")
+            s0, _, _, epoch = pipe.execute()
+        return SnapshotStart(int(s0), _text(epoch))
 
     def write_snapshot(
-        self, tenant: str, data_class: DataClass, s0: int, items: Iterable[tuple[str, str]]
+        self,
+        tenant: str,
+        data_class: DataClass,
+        s0: SnapshotStart,
+        items: Iterable[tuple[str, str]],
     ) -> tuple[int, int]:
         """Write a whole snapshot of one class in chunks, then commit it.
 
@@ -151,33 +173,48 @@ class Store:
         return (-1, 0) if removed < 0 else (written, removed)
 
     def write_snapshot_chunk(
-        self, tenant: str, data_class: DataClass, s0: int, chunk: Sequence[tuple[str, str]]
+        self,
+        tenant: str,
+        data_class: DataClass,
+        s0: SnapshotStart,
+        chunk: Sequence[tuple[str, str]],
     ) -> int:
-        """snapshot_chunk.lua: fields written, or -1 when a newer snapshot already committed."""
+        """snapshot_chunk.lua: fields written, or -1 when a newer snapshot already committed;
+        StoreUnavailable when Redis lost its data since the snapshot began."""
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
         flat = [part for pair in chunk for part in pair]
+        args = [s0.seq, data_class.value, s0.epoch, *flat]
         with translate_errors():
-            return int(self.script("snapshot_chunk")(key_list, [s0, data_class.value, *flat]))
+            written = int(self.script("snapshot_chunk")(key_list, args))
+        if written == -2:
+            raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
+        return written
 
-    def commit_snapshot(self, tenant: str, data_class: DataClass, s0: int) -> int:
-        """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed."""
+    def commit_snapshot(self, tenant: str, data_class: DataClass, s0: SnapshotStart) -> int:
+        """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed;
+        StoreUnavailable when Redis lost its data since the snapshot began."""
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
         with translate_errors():
-            removed, _ = self.script("snapshot_commit")(key_list, [s0, data_class.value])
+            removed, _ = self.script("snapshot_commit")(
+                key_list, [s0.seq, data_class.value, s0.epoch]
+            )
+        if removed == -2:
+            raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
         return int(removed)
 
-    def mark_ready(self, tenant: str) -> int:
-        """Mark the tenant's critical data loaded and tell readers to revalidate."""
+    def mark_ready(self, tenant: str, s0: SnapshotStart) -> int:
+        """Mark the tenant's critical data loaded and tell readers to revalidate (mark_ready.lua);
+        StoreUnavailable when Redis lost its data since the snapshot began."""
         keys = TenantKeys.of(tenant)
         with translate_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(keys.meta, mapping={"ready": 1, "last-preload-ms": now_ms()})
-            pipe.hincrby(keys.meta, "version", 1)
-            _, version = pipe.execute()
-            self.redis.publish(keys.changes_channel, json.dumps({"version": version}))
-        return int(version)
+            version = int(
+                self.script("mark_ready")([keys.meta], [s0.epoch, now_ms(), keys.changes_channel])
+            )
+        if version < 0:
+            raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
+        return version
 
     # --- metadata, guards, dead letters ------------------------------------------------------
 

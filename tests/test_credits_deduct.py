@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from consumer import SmartCRMConsumer
 from crmcache import credits
 from crmcache.errors import (
     BalanceUnknown,
@@ -88,6 +89,26 @@ def test_an_unknown_user_has_no_balance_to_charge(
     with pytest.raises(BalanceUnknown):
         deduct(store, wrapper_client, "k-nobody", user_id="nobody")
     assert r.exists(ACME.idempotency("k-nobody"), ACME.balance("nobody"), ACME.credit_outbox) == 0
+
+
+def test_a_balance_the_cache_did_not_keep_is_unavailable_never_an_unknown_user(
+    r: redis.Redis, store: Store, settings: Any, wrapper_client: WrapperClient
+) -> None:
+    # Given a reader that cannot reach Redis (as right after a restart, until its probe finds
+    # Redis again) while the store reaches it, and no balance cached: Redis lost it
+    unreachable = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with SmartCRMConsumer("acme", settings=unreachable) as reader:
+        # When a deduction reads the balance through that reader, which answers from the
+        # Wrapper without caching
+        with pytest.raises(StoreUnavailable):
+            deduct(
+                store,
+                wrapper_client,
+                "k-lost",
+                read_through=lambda: reader.get_user_credits_detail("user-456"),
+            )
+    # Then it fails closed as a cache outage (503), not "no such user", and charges nothing
+    assert r.exists(ACME.idempotency("k-lost"), ACME.balance("user-456"), ACME.credit_outbox) == 0
 
 
 def test_insufficient_credits_charge_nothing_and_remember_nothing(

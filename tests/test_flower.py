@@ -20,7 +20,17 @@ from tests.conftest import wait_until
 
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))
 USER, PASSWORD = "ops", "s3cret-flower-pw"
-PROTECTED = ("/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/api/task/types")
+PROTECTED = (
+    "/",
+    "/workers",
+    "/tasks",
+    "/broker",
+    "/api/workers",
+    "/api/tasks",
+    "/api/task/types",
+    "/api/queues/length",
+    "/metrics",
+)
 
 
 def _answers(url: str) -> bool:
@@ -84,6 +94,17 @@ def test_flower_refuses_wrong_credentials(flower: str) -> None:
 def test_flower_accepts_the_configured_credentials(flower: str, path: str) -> None:
     with requests.get(flower + path, auth=(USER, PASSWORD), timeout=5) as reply:
         assert reply.status_code == 200
+
+
+def test_flower_metrics_answer_with_the_configured_credentials(flower: str) -> None:
+    with requests.get(f"{flower}/metrics", auth=(USER, PASSWORD), timeout=5) as reply:
+        assert reply.status_code == 200
+        assert "flower_events_total" in reply.text
+
+
+def test_flower_healthcheck_stays_open_and_says_nothing_else(flower: str) -> None:
+    with requests.get(f"{flower}/healthcheck", timeout=5) as reply:
+        assert (reply.status_code, reply.text) == (200, "OK")
 
 
 def test_flower_does_not_start_without_credentials(env: dict[str, str]) -> None:

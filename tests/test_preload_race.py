@@ -63,8 +63,8 @@ def test_preload_racing_with_events_never_loses_the_newer_value(
         stamped.append(stamp(event_type, data, seq))
     r.set(KEYS.seq, seq)  # the subscriber's receipt counter has handed out stamps up to here
     s0 = store.begin_snapshot(TENANT)
-    assert s0 > seq
-    seq = s0
+    assert s0.seq > seq
+    seq = s0.seq
     for event_type, data in events[k:]:
         seq += 1
         stamped.append(stamp(event_type, data, seq))

@@ -61,8 +61,19 @@ _MAPPED: tuple[tuple[type[Exception], int, str, str], ...] = (
     (IdempotencyConflict, 409, "idempotency_key_reused", ""),
     (BalanceUnknown, 404, "user_not_found", ""),
     (WrapperNotFound, 404, "not_found", "the Wrapper knows no such entity"),
-    (TenantNotReady, 503, "tenant_not_ready", "the tenant's critical data is not loaded yet"),
-    (StoreUnavailable, 503, "cache_unavailable", "the cache (Redis) is unavailable"),
+    (
+        TenantNotReady,
+        503,
+        "tenant_not_ready",
+        "the tenant's critical data is not loaded (never preloaded, or Redis lost it and the "
+        "resync is under way)",
+    ),
+    (
+        StoreUnavailable,
+        503,
+        "cache_unavailable",
+        "the cache (Redis) is unavailable, or restarted and lost its data",
+    ),
     (WrapperUnavailable, 503, "upstream_unavailable", "the Wrapper is unavailable"),
 )
 

@@ -5,22 +5,29 @@
 -- KEYS[3]  crm:{t}:stamps:<class>  stamps hash
 -- ARGV[1]  the snapshot's start seq S0 (INCR crm:{t}:seq taken before the Wrapper was asked)
 -- ARGV[2]  the class name
--- ARGV[3..] field, value, field, value, ...
+-- ARGV[3]  meta.epoch when the snapshot began (Store.begin_snapshot)
+-- ARGV[4..] field, value, field, value, ...
 --
 -- Guarantees: a field is written only when nothing newer than S0 wrote it, so an event
 -- received after the snapshot began is never overwritten (events are stamped at receipt, and
 -- every stamp taken after S0 is greater than S0). Written fields are stamped exactly S0, which
 -- is how snapshot_commit.lua recognises them. A snapshot older than the class floor (a newer
--- snapshot already committed) writes nothing.
--- Returns the number of fields written, or -1 when the snapshot is superseded.
+-- snapshot already committed) writes nothing. Nor does a snapshot begun before Redis lost its
+-- data (meta.epoch changed): its S0 came from a counter that no longer exists, and its stamps
+-- would sit above every stamp the new counter hands out.
+-- Returns the number of fields written, -1 when the snapshot is superseded, -2 when the epoch
+-- changed.
 
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then
+    return -2
+end
 local s0 = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[1], 'floor:' .. ARGV[2]) or '0')
 if floor >= s0 then
     return -1
 end
 local written = 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
     local field = ARGV[i]
     local stamp = redis.call('HGET', KEYS[3], field)
     local sseq = stamp and tonumber(string.match(stamp, '^(%d+)')) or 0

@@ -10,9 +10,11 @@ from config.settings import ConfigError, Settings
 
 EPILOG = """\
 FLOWER_BASIC_AUTH (user:password, comma-separated for several users) is required: Flower's
-pages and its HTTP API then all answer 401 without credentials. Only /healthcheck, which
-says "OK" and nothing else, stays open for container health checks. Task arguments appear
-cut to a short preview (config/amqp.py) so that user data does not spill into the dashboard.
+pages, its HTTP API and its Prometheus /metrics then all answer 401 without credentials
+(give your scraper the same basic_auth). Open without credentials, holding no data:
+/healthcheck, which says "OK" for container health checks, Flower's scripts and styles under
+/static/, and its logged-out page /logout. Task arguments appear cut to a short preview
+(config/amqp.py) so that user data does not spill into the dashboard.
 
 exit codes: 0 stopped, 1 Flower failed, 2 FLOWER_BASIC_AUTH missing or malformed
 """
@@ -49,10 +51,25 @@ def flower_argv(settings: Settings, address: str, port: int) -> list[str]:
     ]
 
 
+def require_login_for_metrics() -> None:
+    """Put Flower's ``/metrics`` behind the login of every other page.
+
+    Flower 2.x checks the login per handler (``tornado.web.authenticated`` on each ``get``),
+    and its Metrics handler has none: it would tell anyone the task names, worker names and
+    task rates. Wrapping that one method is the whole patch; ``/healthcheck`` stays open.
+    """
+    from flower.views.monitor import Metrics
+    from tornado.web import authenticated
+
+    if not hasattr(Metrics.get, "__wrapped__"):  # once, however often run() is called
+        Metrics.get = authenticated(Metrics.get)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     argv = flower_argv(settings, args.address, args.port)
     # The API would otherwise be opened to anyone by this variable, whatever the basic auth.
     os.environ.pop("FLOWER_UNAUTHENTICATED_API", None)
+    require_login_for_metrics()
     from celery.bin.celery import celery as celery_cli
 
     try:
