@@ -7,7 +7,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,65 @@ def test_an_event_id_repeated_within_the_dedupe_window_is_a_no_op(
     assert field(r, DataClass.CREDIT_COSTS, "op") == b"1"
     assert r.zscore(KEYS.event_ids, "X") is not None
     assert r.zscore(KEYS.event_ids, "Y") is None
+
+
+def readme_acl_rules() -> dict[str, list[str]]:
+    """The README's ACL example, user -> rules, so that the example tested is the one shown."""
+    text = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    rules = {}
+    for line in text.splitlines():
+        if line.startswith("ACL SETUSER "):
+            user, *rest = line.split()[2:]
+            rules[user] = rest
+    assert set(rules) == {"crm-wrapper", "crm-subscriber"}, rules
+    return rules
+
+
+@pytest.fixture
+def acl_users(r: redis.Redis, redis_server: Any) -> Iterator[dict[str, redis.Redis]]:
+    """The README's ACL users on the test Redis, and a client logged in as each."""
+    clients = {}
+    for user, rules in readme_acl_rules().items():
+        r.execute_command("ACL", "SETUSER", user, "reset", *rules)
+        password = next(rule[1:] for rule in rules if rule.startswith(">"))
+        clients[user] = redis.Redis(
+            port=redis_server.port, username=user, password=password, socket_timeout=5
+        )
+    yield clients
+    for user, client in clients.items():
+        client.close()
+        r.execute_command("ACL", "DELUSER", user)
+
+
+def test_the_readme_acl_lets_the_wrapper_only_publish_and_the_subscriber_only_listen(
+    r: redis.Redis, acl_users: dict[str, redis.Redis], start_subscriber: Any, redis_server: Any
+) -> None:
+    wrapper, sub = acl_users["crm-wrapper"], acl_users["crm-subscriber"]
+    # Given a subscriber logged in as crm-subscriber (the broker keeps its own login)
+    rules = readme_acl_rules()["crm-subscriber"]
+    password = next(rule[1:] for rule in rules if rule.startswith(">"))
+    url = f"redis://crm-subscriber:{password}@127.0.0.1:{redis_server.port}/0"
+    r.script_flush()  # so that the subscriber loads each script it runs under its login
+    running = start_subscriber(redis_url=url)
+    wait_until(lambda: running.subscriber.stats["subscribes"] >= 1, what="subscription")
+    # When the Wrapper's publisher sends a good event and a bad one on the input channels
+    assert wrapper.publish(KEYS.channel("credit-configs"), cost("acl", 4)) == 1
+    assert wrapper.publish(KEYS.channel("hierarchy"), cost("acl", 5)) == 1
+    # Then the good one lands and the bad one is dead-lettered by the subscriber
+    wait_until(lambda: field(r, DataClass.CREDIT_COSTS, "acl") == b"4", what="the event")
+    wait_until(dead_lettered(r, 1), what="the cross-stream event dead-lettered")
+    # And the publisher can neither publish elsewhere nor touch a key
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        wrapper.publish(KEYS.changes_channel, "{}")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        wrapper.hset(KEYS.values(DataClass.ROLES), "role-viewer", '["*"]')
+    # And the subscriber may listen to the input channels but never publish on them
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        sub.publish(KEYS.channel("roles"), "{}")
+    pubsub = sub.pubsub()
+    pubsub.subscribe(KEYS.channel("roles"))
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    pubsub.close()
+    # And the subscriber ran and stepped down without a refused command
+    running.stop()
+    assert running.exit_code == 0 and running.subscriber.stats["reconnects"] == 0
