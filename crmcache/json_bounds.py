@@ -28,9 +28,12 @@ def exceeds_depth(text: str, limit: int) -> bool:
     # nested deeper, and two str.count calls spare the scan below.
     if text.count("[") + text.count("{") <= limit:
         return False
-    outside = _STRING.sub("", text) if '"' in text else text
+    # Without escapes, every other piece between quotes is a string (split runs at C speed).
+    outside = "".join(text.split('"')[::2]) if "\\" not in text else _STRING.sub("", text)
     # Valid JSON is ASCII outside its strings; one kind of bracket nests like two.
     brackets = outside.encode("ascii", "ignore").translate(_ONE_KIND, _NOT_BRACKETS)
+    if b"[" * (limit + 1) in brackets:
+        return True  # a plain bomb: more opening brackets in a row than the limit
     # Each pass removes the innermost pairs, one level of a balanced sequence, at C speed.
     rest = brackets
     for _ in range(limit):
@@ -48,13 +51,17 @@ def exceeds_depth(text: str, limit: int) -> bool:
 
 def tree_exceeds_depth(value: object, limit: int) -> bool:
     """True when the decoded JSON `value` nests lists and dicts more than `limit` deep."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if not isinstance(node, list | dict):
-            continue
+    # Level by level, without recursion (the value may be as deep as its decoder allowed).
+    level = [value] if isinstance(value, (list, dict)) else []  # tuple: faster than a union
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, list | dict))
+        below = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, (list, dict)):
+                    below.append(child)
+        level = below
     return False
