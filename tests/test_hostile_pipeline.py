@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -279,3 +282,28 @@ def test_the_readme_acl_lets_the_wrapper_only_publish_and_the_subscriber_only_li
     # And the subscriber ran and stepped down without a refused command
     running.stop()
     assert running.exit_code == 0 and running.subscriber.stats["reconnects"] == 0
+
+
+def crmcache_publish(stream: str, raw: str, **env: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("crmcache")), "publish", TENANT, stream, raw, "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert result["published"] is False
+    return result
+
+
+def test_crmcache_publish_refuses_what_the_subscriber_would_dead_letter(
+    env: dict[str, str],
+) -> None:
+    grant = message("role-changed", {"roleId": "role-viewer", "permissions": ["*"]})
+    refused = crmcache_publish("hierarchy", grant)
+    assert refused["error"] == "role-changed belongs on the roles stream, not on hierarchy"
+    # And it applies the configured bounds, not the defaults
+    refused = crmcache_publish("credit-configs", cost("op", 11), CRM_MAX_CREDIT_VALUE="10")
+    assert "newValue must be a number >= 0 and <= 10 " in refused["error"]
