@@ -160,7 +160,9 @@ def _event_from_task(tenant: str, body: Mapping[str, Any], limits: EventLimits) 
 def parse_envelope(
     tenant: str, stream: str, envelope: object, limits: EventLimits = DEFAULT_LIMITS
 ) -> Event:
-    """Validate a decoded message body for `tenant` (taken from the channel)."""
+    """Validate a decoded message body for `tenant` (taken from the channel). Whether its type
+    belongs on `stream` is checked by ``parse_message`` and ``Event.from_task``, not here: a
+    snapshot item (crmcache/preload.py) comes from no channel."""
     if not isinstance(envelope, dict):
         raise InvalidEvent(f"payload is a JSON {type(envelope).__name__}, not an object", tenant)
     event_type = envelope.get("eventType")
