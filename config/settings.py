@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         default=64 * 1024, ge=1024, le=1024 * 1024, validation_alias=_env("CRM_MAX_EVENT_BYTES")
     )
+    max_event_depth: int = Field(
+        default=32, ge=2, le=500, validation_alias=_env("CRM_MAX_EVENT_DEPTH")
+    )
+    """How deep a message may nest arrays and objects (the envelope is level 1): a deeper one is
+    dead-lettered before it is decoded (Python's decoder recurses once per level)."""
+    max_credit_value: int = Field(
+        default=10**12, ge=1, le=2**53, validation_alias=_env("CRM_MAX_CREDIT_VALUE")
+    )
+    """The largest cost, top-up delta or balance an event may carry (either side of 0)."""
 
     # --- Subscriber liveness and leadership ------------------------------------------------
     health_check_interval: float = Field(

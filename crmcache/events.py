@@ -1,25 +1,33 @@
-"""The event contract (design §2): parse a pub/sub message, and plan the writes it causes.
+"""The event contract: parse a pub/sub message, and plan the writes it causes.
 
 Pure functions, no I/O. ``parse_message`` turns a raw message into an ``Event`` or raises
-``InvalidEvent`` with a reason for the dead-letter store; ``plan_writes`` turns an event into
-field writes and reference invalidations for the store.
+``InvalidEvent`` with a reason for the dead-letter store, and nothing else: whatever goes wrong
+with one message is that message's failure. ``plan_writes`` turns an event into field writes
+and reference invalidations for the store. What each type's data must hold lives in
+``event_validation``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from config.tenancy import is_valid_tenant
 from crmcache.errors import InvalidEvent
+from crmcache.event_validation import (
+    VALIDATORS,
+    EventLimits,
+    optional_count,
+    optional_id,
+    optional_timestamp,
+    require_stream,
+)
+from crmcache.json_bounds import exceeds_depth, tree_exceeds_depth
 from crmcache.keyspace import STREAMS, DataClass, RefKind, parse_input_channel
 
-MAX_ID_LENGTH = 256
-MAX_LIST_LENGTH = 10_000
+DEFAULT_LIMITS = EventLimits()
 
 
 @dataclass(frozen=True)
@@ -51,23 +59,17 @@ class Event:
         return body
 
     @classmethod
-    def from_task(cls, tenant: str, body: Mapping[str, Any]) -> Event:
-        """Rebuild an event from ``to_task``'s form, checking it again (tasks can be forged)."""
-        if not isinstance(body, Mapping):
-            raise InvalidEvent("task event is not an object", tenant)
-        envelope = {"eventType": body.get("t"), "data": body.get("d")}
-        if "id" in body:
-            envelope["eventId"] = body["id"]
-        if "v" in body:
-            envelope["version"] = body["v"]
-        stream = body.get("c")
-        if stream not in STREAMS:
-            raise InvalidEvent("task event without a valid stream", tenant)
-        event = parse_envelope(tenant, str(stream), envelope)
-        seq = body.get("s")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise InvalidEvent("task event without a valid stamp", tenant)
-        return cls(**{**event.__dict__, "seq": seq})
+    def from_task(
+        cls, tenant: str, body: Mapping[str, Any], limits: EventLimits = DEFAULT_LIMITS
+    ) -> Event:
+        """Rebuild an event from ``to_task``'s form, checking it again (tasks can be forged).
+        Raises InvalidEvent and nothing else, like ``parse_message``."""
+        try:
+            return _event_from_task(tenant, body, limits)
+        except InvalidEvent:
+            raise
+        except Exception as exc:
+            raise InvalidEvent(unexpected("validating a task event", exc), tenant) from exc
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,14 @@ class WritePlan:
     """(userId, delta) to add to a cached balance: top-ups are deltas, not stamped values."""
 
 
-def parse_message(channel: str, payload: bytes | str, max_bytes: int = 64 * 1024) -> Event:
-    """Validate one pub/sub message against the contract; raise InvalidEvent with a reason."""
+def parse_message(
+    channel: str, payload: bytes | str, limits: EventLimits = DEFAULT_LIMITS
+) -> Event:
+    """Validate one pub/sub message against the contract; raise InvalidEvent with a reason.
+
+    Any other exception while decoding or validating (a limit of Python's, a bug of ours)
+    becomes this message's InvalidEvent too, with the exception as its ``__cause__``.
+    """
     try:
         tenant, stream = parse_input_channel(channel)
     except ValueError as exc:
@@ -97,24 +105,70 @@ def parse_message(channel: str, payload: bytes | str, max_bytes: int = 64 * 1024
         raise InvalidEvent(f"invalid tenant id {tenant[:80]!r} in channel")
     if stream not in STREAMS:
         raise InvalidEvent(f"unknown stream {stream[:80]!r}", tenant)
-    size = len(payload)
-    if size > max_bytes:
-        raise InvalidEvent(f"payload of {size} bytes exceeds the {max_bytes}-byte limit", tenant)
     try:
-        envelope = json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        event = parse_envelope(tenant, stream, _decode(tenant, payload, limits), limits)
+        require_stream(event.event_type, stream, tenant)
+    except InvalidEvent:
+        raise
+    except Exception as exc:
+        raise InvalidEvent(unexpected("parsing", exc), tenant) from exc
+    return event
+
+
+def _decode(tenant: str, payload: bytes | str, limits: EventLimits) -> object:
+    """The decoded JSON payload, within the size and nesting limits (checked before decoding:
+    the decoder recurses once per level, so a deep document would raise RecursionError)."""
+    size = len(payload)
+    if size > limits.max_bytes:
+        raise InvalidEvent(
+            f"payload of {size} bytes exceeds the {limits.max_bytes}-byte limit", tenant
+        )
+    try:
+        text = payload.decode() if isinstance(payload, bytes) else payload
+    except UnicodeDecodeError as exc:
         raise InvalidEvent(f"invalid JSON: {exc}", tenant) from None
-    return parse_envelope(tenant, stream, envelope)
+    if exceeds_depth(text, limits.max_depth):
+        raise InvalidEvent(f"nested deeper than {limits.max_depth}", tenant)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}", tenant) from None
 
 
-def parse_envelope(tenant: str, stream: str, envelope: object) -> Event:
-    """Validate a decoded message body for `tenant` (taken from the channel)."""
+def _event_from_task(tenant: str, body: Mapping[str, Any], limits: EventLimits) -> Event:
+    if not isinstance(body, Mapping):
+        raise InvalidEvent("task event is not an object", tenant)
+    stream = body.get("c")
+    if stream not in STREAMS:
+        raise InvalidEvent("task event without a valid stream", tenant)
+    # The task's body is the message's envelope: its data sits one level below it.
+    if tree_exceeds_depth(body.get("d"), limits.max_depth - 1):
+        raise InvalidEvent(f"nested deeper than {limits.max_depth}", tenant)
+    envelope = {"eventType": body.get("t"), "data": body.get("d")}
+    if "id" in body:
+        envelope["eventId"] = body["id"]
+    if "v" in body:
+        envelope["version"] = body["v"]
+    event = parse_envelope(tenant, str(stream), envelope, limits)
+    require_stream(event.event_type, event.stream, tenant)
+    seq = body.get("s")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidEvent("task event without a valid stamp", tenant)
+    return Event(**{**event.__dict__, "seq": seq})
+
+
+def parse_envelope(
+    tenant: str, stream: str, envelope: object, limits: EventLimits = DEFAULT_LIMITS
+) -> Event:
+    """Validate a decoded message body for `tenant` (taken from the channel). Whether its type
+    belongs on `stream` is checked by ``parse_message`` and ``Event.from_task``, not here: a
+    snapshot item (crmcache/preload.py) comes from no channel."""
     if not isinstance(envelope, dict):
         raise InvalidEvent(f"payload is a JSON {type(envelope).__name__}, not an object", tenant)
     event_type = envelope.get("eventType")
     if not isinstance(event_type, str):
         raise InvalidEvent("eventType missing or not a string", tenant)
-    validator = _VALIDATORS.get(event_type)
+    validator = VALIDATORS.get(event_type)
     if validator is None:
         raise InvalidEvent(f"unknown eventType {event_type[:80]!r}", tenant)
     data = envelope.get("data")
@@ -124,11 +178,11 @@ def parse_envelope(tenant: str, stream: str, envelope: object) -> Event:
     if claimed is not None and claimed != tenant:
         raise InvalidEvent(f"tenantId {str(claimed)[:80]!r} does not match channel", tenant)
     try:
-        validator(data)
-        event_id = _optional_id(envelope, "eventId")
-        version = _optional_count(envelope, "version")
-        upstream_seq = _optional_count(envelope, "seq")
-        occurred_at = _optional_timestamp(envelope, "occurredAt")
+        validator(data, limits)
+        event_id = optional_id(envelope, "eventId")
+        version = optional_count(envelope, "version")
+        upstream_seq = optional_count(envelope, "seq")
+        occurred_at = optional_timestamp(envelope, "occurredAt")
     except InvalidEvent as exc:
         raise InvalidEvent(f"{event_type}: {exc.reason}", tenant) from None
     return Event(
@@ -144,7 +198,8 @@ def parse_envelope(tenant: str, stream: str, envelope: object) -> Event:
 
 
 def plan_writes(event: Event) -> WritePlan:
-    """The field writes and reference invalidations one event causes (design §2's table)."""
+    """The field writes and reference invalidations one event causes (the README's event
+    contract table)."""
     plan = WritePlan()
     _PLANNERS[event.event_type](event.data, plan)
     return plan
@@ -214,21 +269,11 @@ def _compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-# --- field validators -------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_id(value: object) -> bool:
-    if _is_int(value):
-        return True
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
 def _id(value: object) -> str:
@@ -241,134 +286,11 @@ def _number(value: object) -> str:
     return json.dumps(value)
 
 
-def _require_id(data: Mapping[str, Any], name: str) -> None:
-    if name not in data:
-        raise InvalidEvent(f"{name} is missing")
-    if not _is_id(data[name]):
-        raise InvalidEvent(
-            f"{name} must be a non-empty printable string of at most "
-            f"{MAX_ID_LENGTH} characters, or an integer"
-        )
+def unexpected(stage: str, exc: BaseException) -> str:
+    """The dead-letter reason for an exception that is not an InvalidEvent (a bug of ours, or
+    a limit of Python's): that one message's failure, named by its type."""
+    return f"unexpected {type(exc).__name__} while {stage}: {str(exc)[:200]}"
 
-
-def _require_id_list(data: Mapping[str, Any], name: str, *, required: bool) -> None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise InvalidEvent(f"{name} is missing")
-        return
-    if not isinstance(value, list) or len(value) > MAX_LIST_LENGTH:
-        raise InvalidEvent(f"{name} must be a list of at most {MAX_LIST_LENGTH} ids")
-    if not all(_is_id(item) for item in value):
-        raise InvalidEvent(f"{name} must hold only ids")
-
-
-def _optional_id(envelope: Mapping[str, Any], name: str) -> str | None:
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not _is_id(value):
-        raise InvalidEvent(f"{name} must be a non-empty string or an integer")
-    return _id(value)
-
-
-def _optional_count(envelope: Mapping[str, Any], name: str) -> int | None:
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not _is_int(value) or not 0 <= value < 2**53:
-        raise InvalidEvent(f"{name} must be a non-negative integer below 2**53")
-    return int(value)
-
-
-def _optional_timestamp(envelope: Mapping[str, Any], name: str) -> str | None:
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{name} must be an ISO-8601 string")
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidEvent(f"{name} {value[:40]!r} is not ISO-8601") from None
-    return value
-
-
-def _credit_config_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "operationCode")
-    _require_numbers(data, (("newValue", True), ("oldValue", False)), non_negative=True)
-
-
-def _require_numbers(
-    data: Mapping[str, Any], fields: tuple[tuple[str, bool], ...], *, non_negative: bool
-) -> None:
-    """Each (name, required) field is a finite JSON number (not a boolean), >= 0 if asked."""
-    for name, required in fields:
-        value = data.get(name)
-        if value is None and not required:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or (non_negative and value < 0)
-        ):
-            wanted = "a number >= 0" if non_negative else "a finite number"
-            raise InvalidEvent(f"{name} must be {wanted}")
-
-
-def _role_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "roleId")
-    name = data.get("roleName")
-    if name is not None and not isinstance(name, str):
-        raise InvalidEvent("roleName must be a string")
-    perms = data.get("permissions")
-    if not isinstance(perms, list) or len(perms) > MAX_LIST_LENGTH:
-        raise InvalidEvent(f"permissions must be a list of at most {MAX_LIST_LENGTH} strings")
-    if not all(isinstance(p, str) and 0 < len(p) <= MAX_ID_LENGTH for p in perms):
-        raise InvalidEvent("permissions must hold only non-empty strings")
-
-
-def _user_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "userId")
-    status = data.get("status")
-    if status is not None and (not isinstance(status, str) or not 0 < len(status) <= 64):
-        raise InvalidEvent("status must be a non-empty string of at most 64 characters")
-    _require_id_list(data, "roles", required=False)
-
-
-def _hierarchy_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "entityId")
-    _require_id_list(data, "affectedEntityIds", required=False)
-
-
-def _config_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "configId")
-    if "config" not in data:
-        raise InvalidEvent("config is missing")
-
-
-def _user_credits_changed(data: Mapping[str, Any]) -> None:
-    _require_id(data, "userId")
-    _require_numbers(data, (("delta", True), ("available", False)), non_negative=False)
-
-
-def _requires(name: str) -> Callable[[Mapping[str, Any]], None]:
-    return lambda data: _require_id(data, name)
-
-
-_VALIDATORS: dict[str, Callable[[Mapping[str, Any]], None]] = {
-    "credit-config-changed": _credit_config_changed,
-    "credit-config-deleted": _requires("operationCode"),
-    "role-changed": _role_changed,
-    "role-deleted": _requires("roleId"),
-    "user-changed": _user_changed,
-    "user-deleted": _requires("userId"),
-    "hierarchy-changed": _hierarchy_changed,
-    "config-changed": _config_changed,
-    "config-deleted": _requires("configId"),
-    "user-credits-changed": _user_credits_changed,
-}
 
 _PLANNERS: dict[str, Callable[[Mapping[str, Any], WritePlan], None]] = {
     "credit-config-changed": _plan_cost,
@@ -383,4 +305,4 @@ _PLANNERS: dict[str, Callable[[Mapping[str, Any], WritePlan], None]] = {
     "user-credits-changed": _plan_credits,
 }
 
-EVENT_TYPES = tuple(_VALIDATORS)
+EVENT_TYPES = tuple(VALIDATORS)

@@ -56,6 +56,8 @@ class ApplyResult:
     stale: int
     duplicates: int
     version: int
+    rejected: tuple[tuple[Event, Exception], ...] = ()
+    """Events left out because planning their writes raised (a bug of ours), with the error."""
 
 
 def _text(value: bytes | str) -> str:
@@ -99,12 +101,21 @@ class Store:
     def apply_events(
         self, tenant: str, events: Sequence[Event], *, dedupe_window_s: int = 86_400
     ) -> ApplyResult:
-        """Apply one tenant's stamped events in one round trip (apply_events.lua)."""
+        """Apply one tenant's stamped events in one round trip (apply_events.lua).
+
+        An event whose writes cannot be planned (a bug of ours) is left out and returned in
+        ``rejected``: one poisoned event must not keep the rest of its batch from applying.
+        """
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.event_ids, *keys.class_keys()]
         batch: list[list[Any]] = []
+        rejected: list[tuple[Event, Exception]] = []
         for event in events:
-            plan = plan_writes(event)
+            try:
+                plan = plan_writes(event)
+            except Exception as exc:
+                rejected.append((event, exc))
+                continue
             writes = [
                 [_CLASS_INDEX[w.data_class], w.field, False if w.value is None else w.value]
                 for w in plan.writes
@@ -132,7 +143,7 @@ class Store:
         ]
         with translate_errors():
             written, stale, duplicates, version = self.script("apply_events")(key_list, args)
-        return ApplyResult(int(written), int(stale), int(duplicates), int(version))
+        return ApplyResult(int(written), int(stale), int(duplicates), int(version), tuple(rejected))
 
     # --- snapshots (preload / resync) ---------------------------------------------------------
 

@@ -18,6 +18,7 @@ import redis
 
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent
+from crmcache.event_validation import EventLimits
 from crmcache.events import parse_message
 
 ENTRY_ID = re.compile(r"^\d+-\d+$")
@@ -132,14 +133,14 @@ def get_entry(client: redis.Redis, entry_id: str) -> DeadLetter | None:
     return DeadLetter.from_stream(found_id, fields)
 
 
-def replay(client: redis.Redis, entry: DeadLetter, max_bytes: int) -> ReplayResult:
+def replay(client: redis.Redis, entry: DeadLetter, limits: EventLimits) -> ReplayResult:
     """Validate, PUBLISH on the entry's channel, then delete the entry if someone received it."""
     if not entry.channel:
         return ReplayResult(entry.id, "no-channel", "rejected inside a task: no channel to replay")
     if entry.truncated:
         return ReplayResult(entry.id, "truncated", f"only {len(entry.raw)} of {entry.size} bytes")
     try:
-        parse_message(entry.channel, entry.raw, max_bytes)
+        parse_message(entry.channel, entry.raw, limits)
     except InvalidEvent as exc:
         return ReplayResult(entry.id, "invalid", exc.reason)
     receivers = int(client.publish(entry.channel, entry.raw))

@@ -19,6 +19,7 @@ from celery import Celery
 from config.celery import EVENTS_QUEUE, celery_config
 from config.settings import load_settings
 from crmcache import keyspace
+from crmcache.event_validation import STREAM_OF
 from crmcache.events import parse_message
 from crmcache.keyspace import DataClass, TenantKeys
 from ops.dev.redis_server import RedisServer
@@ -127,7 +128,8 @@ def test_pipeline_survives_a_redis_restart_and_resyncs(private_stack: dict[str, 
 def stamped_bodies(tenant: str, seq: int, raw_events: list[str]) -> list[dict[str, Any]]:
     bodies = []
     for i, raw in enumerate(raw_events):
-        event = parse_message(f"crm:{tenant}:users", raw)
+        stream = STREAM_OF[json.loads(raw)["eventType"]]
+        event = parse_message(f"crm:{tenant}:{stream}", raw)
         bodies.append(replace(event, seq=seq + i).to_task())
     return bodies
 

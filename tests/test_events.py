@@ -1,4 +1,4 @@
-"""The event contract (design §2): parsing, validation reasons, and the writes events plan."""
+"""The event contract: parsing, validation reasons, and the writes events plan."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crmcache.errors import InvalidEvent
+from crmcache.event_validation import STREAM_OF
 from crmcache.events import EVENT_TYPES, parse_message, plan_writes
 from crmcache.keyspace import DataClass, RefKind
 
@@ -37,7 +38,8 @@ def test_every_event_type_has_an_example() -> None:
 
 @pytest.mark.parametrize("event_type", sorted(MINIMAL))
 def test_seed_minimal_form_is_accepted(event_type: str) -> None:
-    event = parse_message("crm:acme:users", payload(event_type, MINIMAL[event_type]))
+    channel = f"crm:acme:{STREAM_OF[event_type]}"
+    event = parse_message(channel, payload(event_type, MINIMAL[event_type]))
     assert (event.tenant, event.event_type, event.event_id) == ("acme", event_type, None)
 
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import replace
+from functools import cached_property
 from types import FrameType
 from typing import Any, Protocol
 
@@ -34,7 +35,9 @@ from consumer.ingest.lanes import LaneRouter
 from consumer.ingest.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
-from crmcache.events import Event, parse_message
+from crmcache.event_validation import EventLimits
+from crmcache.events import Event, parse_message, unexpected
+from crmcache.log_once import ReasonLog
 from crmcache.redis_client import make_redis, pubsub_client
 from crmcache.store import Store
 
@@ -42,6 +45,14 @@ logger = logging.getLogger(__name__)
 
 GAP_RESYNC_INTERVAL = 5.0
 RECENT_IDS = 100_000
+_CONNECTION_ERRORS = (
+    ConnectionLost,
+    StoreUnavailable,
+    KombuOperationalError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+)
 
 
 class Enqueuer(Protocol):
@@ -212,7 +223,17 @@ class Subscriber:
             self._shards = None
             shards.close()
 
+    @cached_property
+    def _limits(self) -> EventLimits:
+        return EventLimits.of(self.settings)
+
+    @cached_property
+    def _logged(self) -> ReasonLog:
+        return ReasonLog()
+
     def _receive(self, message: dict[str, Any]) -> None:
+        """Validate one message and batch it. Whatever goes wrong with one message (bad input,
+        a limit of Python's, a bug of ours) dead-letters that message, and the loop goes on."""
         if message["type"] not in ("pmessage", "message"):
             return
         channel = message["channel"]
@@ -220,22 +241,43 @@ class Subscriber:
         payload = message["data"]
         self.stats["received"] += 1
         try:
-            event = parse_message(channel, payload, self.settings.max_event_bytes)
+            event = parse_message(channel, payload, self._limits)
+            self._check_gap(event)
+            self.batcher.add(event, time.monotonic())
         except InvalidEvent as exc:
-            self._dead_letter(exc, channel, payload)
-            return
-        self._check_gap(event)
-        self.batcher.add(event, time.monotonic())
+            self._dead_letter(exc.reason, channel, payload, exc.tenant, exc.__cause__)
+        except _CONNECTION_ERRORS:
+            raise  # the connection's failure, not the message's: run() reconnects
+        except Exception as exc:
+            self._dead_letter(unexpected("handling a message", exc), channel, payload, None, exc)
 
-    def _dead_letter(self, exc: InvalidEvent, channel: str, payload: bytes) -> None:
+    def _dead_letter(
+        self,
+        reason: str,
+        channel: str,
+        payload: bytes,
+        tenant: str | None,
+        cause: BaseException | None,
+    ) -> None:
+        """Keep the message with its reason; log each reason once (with the traceback of an
+        unexpected exception), not once per message: a flood must not become a log flood."""
         self.stats["dead_lettered"] += 1
-        logger.warning("dead-lettering message on %r: %s", channel[:120], exc.reason)
+        if cause is not None:
+            self.stats["unexpected_errors"] += 1
+        if self._logged.first(reason):
+            logger.log(
+                logging.WARNING if cause is None else logging.ERROR,
+                "dead-lettering message on %r: %s (logged once per reason)",
+                channel[:120],
+                reason,
+                exc_info=cause,
+            )
         try:
             self.store.dead_letter(
-                exc.reason,
+                reason,
                 payload,
                 channel=channel,
-                tenant=exc.tenant,
+                tenant=tenant,
                 maxlen=self.settings.dead_letter_maxlen,
             )
         except StoreUnavailable:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from config.settings import Settings
+from crmcache.event_validation import EventLimits
 from ops import dead_letters
 from ops.commands._common import (
     EXIT_FAILED,
@@ -124,7 +125,7 @@ def _replay(args: argparse.Namespace, settings: Settings, client: Any) -> int:
         if entry is None:
             return fail(f"no dead letter {args.id}")
         entries = [entry]
-    results = [dead_letters.replay(client, e, settings.max_event_bytes) for e in entries]
+    results = [dead_letters.replay(client, e, EventLimits.of(settings)) for e in entries]
     ok = all(r.ok for r in results)
     if args.json:
         print_json({"ok": ok, "results": [r.as_dict() for r in results]})

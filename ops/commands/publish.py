@@ -9,6 +9,7 @@ from typing import Any
 
 from config.settings import Settings
 from crmcache.errors import InvalidEvent, InvalidTenant
+from crmcache.event_validation import EventLimits
 from crmcache.events import parse_message
 from crmcache.keyspace import STREAMS, TenantKeys
 from ops.commands._common import (
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     payload = sys.stdin.read() if args.event == "-" else args.event
     try:
         channel = TenantKeys.of(args.tenant).channel(args.stream)
-        event = parse_message(channel, payload.encode(), settings.max_event_bytes)
+        event = parse_message(channel, payload.encode(), EventLimits.of(settings))
     except (InvalidEvent, InvalidTenant) as exc:
         reason = exc.reason if isinstance(exc, InvalidEvent) else str(exc)
         if args.json:
