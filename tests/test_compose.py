@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -95,11 +96,10 @@ def test_configuration_comes_from_an_env_file_that_is_not_committed(
     assert ignored.returncode == 0, ".env must be git-ignored"
 
 
-def test_the_image_runs_as_a_non_root_user() -> None:
+def test_the_image_is_pinned_and_runs_as_a_non_root_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
-    assert dockerfile[[line.startswith("FROM") for line in dockerfile].index(True)] == (
-        "FROM python:3.11-slim"
-    )
+    base = next(line for line in dockerfile if line.startswith("FROM"))
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", base), base  # a release, not 3.11
     users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert any(line.startswith("RUN pip install .") for line in dockerfile)
+    assert any(line.startswith("RUN pip install -c constraints.txt .") for line in dockerfile)
