@@ -25,10 +25,10 @@ TIMEOUT = 5.0
 
 
 def _cache() -> object:
-    from config.settings import get_settings
+    from config.settings import settings_or_exit
     from crmcache.redis_client import make_redis
 
-    return make_redis(get_settings().cache_url, socket_timeout=TIMEOUT)
+    return make_redis(settings_or_exit("healthcheck").cache_url, socket_timeout=TIMEOUT)
 
 
 def check_redis() -> str | None:
@@ -65,10 +65,10 @@ def check_worker() -> str | None:
     from celery import Celery
 
     from config.celery import celery_config
-    from config.settings import get_settings
+    from config.settings import settings_or_exit
 
     app = Celery("crmcache-healthcheck")
-    app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(settings_or_exit("healthcheck")))
     node = f"celery@{socket.gethostname()}"
     try:
         replies = app.control.ping(destination=[node], timeout=TIMEOUT) or []

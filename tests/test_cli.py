@@ -214,6 +214,37 @@ def test_a_bad_setting_exits_2(env: dict[str, str]) -> None:
     assert "FLOWER_BASIC_AUTH" in done.stderr
 
 
+PYTHON = sys.executable
+CELERY = str(Path(sys.executable).with_name("celery"))
+ENTRY_POINTS = {
+    "crmcache": [CRMCACHE, "status"],
+    "celery worker": [CELERY, "-A", "tasks", "worker", "--pool=solo"],
+    "celery beat": [CELERY, "-A", "tasks", "beat"],
+    "python -m consumer": [PYTHON, "-m", "consumer"],
+    "healthcheck": [PYTHON, "-m", "crmcache.healthcheck", "worker"],
+    "sandbox": [PYTHON, "-m", "crmcache.run_sandbox"],
+}
+
+
+@pytest.mark.parametrize("argv", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_a_bad_setting_is_one_line_and_exit_2_in_every_entry_point(
+    argv: list[str], env: dict[str, str]
+) -> None:
+    # Given a malformed setting, when any process starts
+    done = subprocess.run(
+        argv,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "CRM_BATCH_SIZE": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it prints one line naming the variable and exits 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2, lines
+    assert len(lines) == 1 and "CRM_BATCH_SIZE" in lines[0], lines
+
+
 def test_status_shows_hit_rates_from_the_published_metrics_snapshot(r: redis.Redis) -> None:
     # Given a snapshot as publish_metrics stores it: 3 critical hits, 1 miss since the last one
     from crmcache.read_metrics import build_snapshot, counter_field
