@@ -6,10 +6,12 @@ Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from config.settings import ConfigError, get_settings
+from crmcache import devstate
 from crmcache.commands import COMMANDS
 from crmcache.logging_config import configure_logging
 
@@ -31,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "up":  # up writes the state; every other command may use it
+        note = devstate.use_running_stack(os.environ)
+        if note:
+            print(note, file=sys.stderr)
+            get_settings.cache_clear()
     try:
         settings = get_settings()
     except ConfigError as exc:
