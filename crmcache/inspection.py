@@ -7,6 +7,7 @@ commands render it as tables or print it as JSON.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -205,8 +206,22 @@ def _refs(client: redis.Redis, keys: TenantKeys, kind: RefKind, limit: int) -> l
             body: Any = {k: decode_value(v) for k, v in raw.items()}
         else:
             body = decode_value(client.get(key) or b"")
-        entries.append({"id": key[len(prefix) :], "ttlMs": client.pttl(key), "entry": body})
+        ttl_ms = int(client.pttl(key))
+        entries.append(
+            {"id": key[len(prefix) :], "ttlMs": ttl_ms, "entry": body, **_until(body, ttl_ms)}
+        )
     return entries
+
+
+def _until(body: Any, ttl_ms: int) -> dict[str, int | None]:
+    """When a reference entry stops being fresh (its ``expires-ms``) and when Redis drops it
+    (the key's TTL, which adds the stale-if-error window): two different moments."""
+    expires = body.get("expires-ms") if isinstance(body, dict) else None
+    now = int(time.time() * 1000)
+    return {
+        "freshUntilMs": expires if isinstance(expires, int) else None,
+        "staleUntilMs": now + ttl_ms if ttl_ms >= 0 else None,
+    }
 
 
 def _balances(client: redis.Redis, keys: TenantKeys, limit: int) -> dict[str, str]:
