@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     reconnect_max_delay: float = Field(
         default=5.0, gt=0, le=300, validation_alias=_env("CRM_RECONNECT_MAX_DELAY")
     )
+    subscriber_status_file: str | None = Field(
+        default=None, validation_alias=_env("CRM_SUBSCRIBER_STATUS_FILE")
+    )
+    """Where the subscriber keeps its own health (role, last loop turn) for its container
+    healthcheck, ``python -m crmcache.healthcheck subscriber`` (crmcache/liveness.py)."""
 
     # --- Celery ---------------------------------------------------------------------------
     task_time_limit: int = Field(default=120, ge=5, validation_alias=_env("CRM_TASK_TIME_LIMIT"))

@@ -14,7 +14,9 @@ def register(sub: Any) -> None:
         help="run the pub/sub subscriber (one active, others stand by)",
         description="Listen to crm:<tenant>:<stream> channels (every tenant, or CRM_TENANTS), "
         "validate, stamp and batch events into Celery apply_events tasks. Only one subscriber "
-        "is active at a time; start more as standbys. SIGTERM/SIGINT flush and exit 0.",
+        "is active at a time; start more as standbys. SIGTERM/SIGINT flush and exit 0. With "
+        "CRM_SUBSCRIBER_STATUS_FILE it keeps its own health there for "
+        "`python -m crmcache.healthcheck subscriber`.",
     )
     parser.set_defaults(handler=run)
 
@@ -25,6 +27,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     enqueuer = CeleryEnqueuer(settings)
     subscriber = Subscriber(settings, enqueuer)
+    if settings.subscriber_status_file:
+        from crmcache.liveness import StatusFile
+
+        subscriber.on_beat = StatusFile(settings.subscriber_status_file, subscriber.token).beat
     subscriber.install_signal_handlers()
     try:
         return subscriber.run()
