@@ -36,7 +36,8 @@ crmcache command of this checkout where the stack is (variables you set win). A 
 (8080, 5555, 8081) that is taken is replaced by a free one, and the banner says so. Children's
 logs go to stderr, prefixed with their name; CRM_LOG_LEVEL and CRM_LOG_FORMAT apply to all.
 
-Ctrl-C or SIGTERM stops everything (SIGKILL after a grace period) and leaves nothing behind.
+Ctrl-C or SIGTERM stops everything (SIGKILL after a grace period); no process is left, and
+of its files only .crmcache/secrets.json stays (CRM_STATE_DIR names another directory).
 
 exit codes: 0 stopped on request (or --demo --exit succeeded), 1 a part failed or exited, the
 demo failed, or another crmcache up runs from this checkout, 2 bad usage or configuration
