@@ -138,8 +138,12 @@ def test_docker_compose_without_an_env_file_names_the_variable(tmp_path: Path) -
 
 
 @pytest.fixture
-def compose_redis(compose: dict[str, Any], tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """Redis started with docker-compose.yml's own command and test secrets."""
+def compose_redis(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Redis started with docker-compose.yml's own command and test secrets. REDIS_URL is
+    unset meanwhile: the settings must be built from REDIS_HOST/PORT/PASSWORD, as in compose."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
     secrets = {"REDIS_PASSWORD": "app-secret-1", "REDIS_PUBLISHER_PASSWORD": "wrapper-secret-1"}
     command = [_interpolate(part, secrets) for part in compose["services"]["redis"]["command"]]
     assert command[0] == "redis-server"
