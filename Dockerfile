@@ -1,5 +1,7 @@
 # The crmcache application image: one image, a different command per service (docker-compose.yml).
-FROM python:3.11-slim
+# The base image is pinned to a release and every package to constraints.txt (make lock), so two
+# builds a month apart install the same versions.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -9,13 +11,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin crmcache
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY crmcache ./crmcache
 COPY tasks ./tasks
 COPY consumer ./consumer
 COPY config ./config
+COPY ops ./ops
 COPY sandbox ./sandbox
-RUN pip install . && rm -rf /src
+RUN pip install -c constraints.txt . && rm -rf /src
 
 USER crmcache
 WORKDIR /home/crmcache

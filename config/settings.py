@@ -6,6 +6,7 @@ with the variable's name (`ConfigError`), never later with a confusing traceback
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from typing import Annotated
 from urllib.parse import quote
@@ -21,6 +22,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.tenancy import is_valid_tenant
+
+PLACEHOLDER_SECRET = "change-me"
+"""What .env.example's secrets say until someone sets real ones."""
 
 
 class ConfigError(ValueError):
@@ -152,6 +156,11 @@ class Settings(BaseSettings):
     reconnect_max_delay: float = Field(
         default=5.0, gt=0, le=300, validation_alias=_env("CRM_RECONNECT_MAX_DELAY")
     )
+    subscriber_status_file: str | None = Field(
+        default=None, validation_alias=_env("CRM_SUBSCRIBER_STATUS_FILE")
+    )
+    """Where the subscriber keeps its own health (role, last loop turn) for its container
+    healthcheck, ``python -m ops.healthcheck subscriber`` (consumer/ingest/liveness.py)."""
 
     # --- Celery ---------------------------------------------------------------------------
     task_time_limit: int = Field(default=120, ge=5, validation_alias=_env("CRM_TASK_TIME_LIMIT"))
@@ -268,6 +277,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"entry {position} is not user:password")
         return value
 
+    @field_validator(
+        "wrapper_api_token",
+        "api_keys",
+        "flower_basic_auth",
+        "redis_password",
+        "redis_url",
+        "celery_broker_url",
+        mode="after",
+    )
+    @classmethod
+    def _no_placeholder_secret(cls, value: SecretStr | str | None) -> SecretStr | str | None:
+        """.env.example's secrets say change-me: a copy that was not edited must not run."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text and PLACEHOLDER_SECRET in text.lower():
+            raise ValueError(f"still says {PLACEHOLDER_SECRET} (.env.example): set a real secret")
+        return value
+
     @field_validator("api_keys", mode="after")
     @classmethod
     def _check_api_keys(cls, value: SecretStr) -> SecretStr:
@@ -349,7 +375,7 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{name}: {error['msg']}")
+            problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
@@ -357,3 +383,13 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return load_settings()
+
+
+def settings_or_exit(program: str) -> Settings:
+    """The process-wide settings, or exit 2 with one line naming the bad variable: for entry
+    points that would otherwise print a traceback (Celery loads tasks/celery.py while importing)."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -6,12 +6,14 @@ Exit codes: 0 success, 1 the job failed, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from config.settings import ConfigError, get_settings
 from crmcache.logging_config import configure_logging
 from ops.commands import COMMANDS
+from ops.dev import devstate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "up":  # up writes the state; every other command may use it
+        note = devstate.use_running_stack(os.environ)
+        if note:
+            print(note, file=sys.stderr)
+            get_settings.cache_clear()
     try:
         settings = get_settings()
     except ConfigError as exc:

@@ -1,8 +1,10 @@
 """Container health checks (docker-compose.yml): ``python -m ops.healthcheck CHECK``.
 
   redis                 the cache answers PING
-  subscriber            the cache answers and some subscriber holds the leader lease
-                        (a standby is healthy while its peer leads)
+  subscriber [MAX_AGE]  this container's subscriber: running, its loop went round in the
+                        last MAX_AGE s (default 10, at least 3 x CRM_REDIS_SOCKET_TIMEOUT),
+                        Redis answered it, active or standing by (CRM_SUBSCRIBER_STATUS_FILE
+                        says where it keeps that; without it the check fails)
   worker                this host's Celery worker answers a ping
   beat PATH [MAX_AGE]   beat's schedule file was written in the last MAX_AGE s (default 600;
                         beat syncs it at least every 3 minutes while it ticks)
@@ -25,10 +27,10 @@ TIMEOUT = 5.0
 
 
 def _cache() -> object:
-    from config.settings import get_settings
+    from config.settings import settings_or_exit
     from crmcache.redis_client import make_redis
 
-    return make_redis(get_settings().cache_url, socket_timeout=TIMEOUT)
+    return make_redis(settings_or_exit("healthcheck").cache_url, socket_timeout=TIMEOUT)
 
 
 def check_redis() -> str | None:
@@ -45,30 +47,31 @@ def check_redis() -> str | None:
     return None
 
 
-def check_subscriber() -> str | None:
-    import redis
+def check_subscriber(max_age: float | None = None) -> str | None:
+    """This process's subscriber, from the status file it keeps (not the fleet's lease)."""
+    from config.settings import settings_or_exit
+    from consumer.ingest.liveness import check_status
 
-    from crmcache import keyspace
-
-    client = _cache()
-    assert isinstance(client, redis.Redis)
-    try:
-        holder = client.get(keyspace.LEADER)
-    except redis.RedisError as exc:
-        return f"redis: {exc}"
-    finally:
-        client.close()
-    return None if holder else "no subscriber holds the leader lease"
+    settings = settings_or_exit("healthcheck")
+    if not settings.subscriber_status_file:
+        return "CRM_SUBSCRIBER_STATUS_FILE is not set: the subscriber keeps no status to check"
+    if max_age is None:
+        max_age = max(10.0, 3 * settings.redis_socket_timeout)
+    healthy, said = check_status(settings.subscriber_status_file, max_age)
+    if healthy:
+        print(said)
+        return None
+    return said
 
 
 def check_worker() -> str | None:
     from celery import Celery
 
     from config.celery import celery_config
-    from config.settings import get_settings
+    from config.settings import settings_or_exit
 
     app = Celery("crmcache-healthcheck")
-    app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(settings_or_exit("healthcheck")))
     node = f"celery@{socket.gethostname()}"
     try:
         replies = app.control.ping(destination=[node], timeout=TIMEOUT) or []
@@ -105,6 +108,8 @@ def main(argv: list[str]) -> int:
             problem = check_redis()
         case ["subscriber"]:
             problem = check_subscriber()
+        case ["subscriber", max_age]:
+            problem = check_subscriber(float(max_age))
         case ["worker"]:
             problem = check_worker()
         case ["beat", path]:

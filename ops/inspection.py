@@ -7,6 +7,7 @@ commands render it as tables or print it as JSON.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -138,6 +139,39 @@ def stack_status(
     }
 
 
+def watch_sample(client: redis.Redis, tenants: list[str]) -> dict[str, Any]:
+    """What ``status --watch`` shows, read in one round trip: per tenant readiness, last event,
+    the receipt sequence (events received: its growth is the event rate), readers' counters
+    and the oldest unsettled deduction; dead letters and the active subscriber."""
+    pipe = client.pipeline(transaction=False)
+    for tenant in tenants:
+        keys = TenantKeys.of(tenant)
+        pipe.hmget(keys.meta, ["ready", "last-event-ms"])
+        pipe.get(keys.seq)
+        pipe.hgetall(keys.metrics)
+        pipe.xrange(keys.credit_outbox, count=1)
+        pipe.xlen(keys.credit_outbox)
+    pipe.xlen(keyspace.DEAD_LETTERS)
+    pipe.get(keyspace.DEAD_LETTER_COUNT)
+    pipe.get(keyspace.LEADER)
+    replies = pipe.execute()
+    *per_tenant, stored, total, leader = replies
+    sample: dict[str, Any] = {"tenants": {}}
+    for index, tenant in enumerate(tenants):
+        meta, seq, counters, oldest, outbox = per_tenant[index * 5 : index * 5 + 5]
+        sample["tenants"][tenant] = {
+            "ready": _text(meta[0]) == "1" if meta[0] is not None else False,
+            "lastEventMs": _number(meta[1]),
+            "received": _number(seq) or 0,
+            "counters": {_text(k): _number(v) or 0 for k, v in counters.items()},
+            "outbox": int(outbox),
+            "oldestUnsettledMs": _number(_text(oldest[0][0]).split("-")[0]) if oldest else None,
+        }
+    sample["deadLetters"] = {"stored": int(stored), "total": _number(total) or 0}
+    sample["subscriber"] = _text(leader) if leader else None
+    return sample
+
+
 # --- inspect -----------------------------------------------------------------------------------
 
 
@@ -205,8 +239,22 @@ def _refs(client: redis.Redis, keys: TenantKeys, kind: RefKind, limit: int) -> l
             body: Any = {k: decode_value(v) for k, v in raw.items()}
         else:
             body = decode_value(client.get(key) or b"")
-        entries.append({"id": key[len(prefix) :], "ttlMs": client.pttl(key), "entry": body})
+        ttl_ms = int(client.pttl(key))
+        entries.append(
+            {"id": key[len(prefix) :], "ttlMs": ttl_ms, "entry": body, **_until(body, ttl_ms)}
+        )
     return entries
+
+
+def _until(body: Any, ttl_ms: int) -> dict[str, int | None]:
+    """When a reference entry stops being fresh (its ``expires-ms``) and when Redis drops it
+    (the key's TTL, which adds the stale-if-error window): two different moments."""
+    expires = body.get("expires-ms") if isinstance(body, dict) else None
+    now = int(time.time() * 1000)
+    return {
+        "freshUntilMs": expires if isinstance(expires, int) else None,
+        "staleUntilMs": now + ttl_ms if ttl_ms >= 0 else None,
+    }
 
 
 def _balances(client: redis.Redis, keys: TenantKeys, limit: int) -> dict[str, str]:

@@ -11,14 +11,14 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 from config.amqp import TruncatingAMQP
 from config.celery import celery_config
-from config.settings import get_settings
+from config.settings import get_settings, settings_or_exit
 from crmcache.logging_config import configure_logging
 from tasks import log_context
 
 TASK_MODULES = ("tasks.events", "tasks.preload", "tasks.credits", "tasks.metrics")
 
 app = Celery("crmcache", amqp=TruncatingAMQP, include=TASK_MODULES)
-app.conf.update(celery_config(get_settings()))
+app.conf.update(celery_config(settings_or_exit("celery")))  # a bad setting: one line, exit 2
 
 
 @setup_logging.connect

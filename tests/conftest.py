@@ -84,7 +84,9 @@ def sandbox(cache_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def env(cache_url: str, broker_url: str, sandbox: Any) -> Iterator[dict[str, str]]:
+def env(
+    cache_url: str, broker_url: str, sandbox: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """The process environment every crmcache component of the session reads its settings
     from (the worker's tasks read them once, on first use)."""
     from config.settings import get_settings
@@ -95,6 +97,9 @@ def env(cache_url: str, broker_url: str, sandbox: Any) -> Iterator[dict[str, str
         "CELERY_BROKER_URL": broker_url,
         "WRAPPER_API_URL": sandbox.url,
         "WRAPPER_API_TOKEN": "test-token",
+        # An empty state directory: a `crmcache up` the developer runs in this checkout must
+        # not lend its settings to the commands the tests run (ops/dev/devstate.py).
+        "CRM_STATE_DIR": str(tmp_path_factory.mktemp("no-dev-stack")),
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)

@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from crmcache.keyspace import DEAD_LETTERS, DataClass, TenantKeys
+from crmcache.keyspace import DEAD_LETTERS, DataClass, RefKind, TenantKeys
 from ops.cli import build_parser
 from ops.dev.redis_server import free_port
 from tests.conftest import wait_until
@@ -126,7 +127,7 @@ def test_status_strict_fails_when_a_tenant_is_not_ready(r: redis.Redis) -> None:
 def test_preload_enqueued_to_the_workers_and_waited_for(
     worker: Any, wrapper: Any, r: redis.Redis
 ) -> None:
-    result = cli_json("preload", "--tenant", "globex", "--enqueue", "--wait", "20")
+    result = cli_json("preload", "globex", "--enqueue", "--wait", "20")
     assert result["ok"], result
     assert r.hget(TenantKeys.of("globex").meta, "ready") == b"1"
 
@@ -160,6 +161,22 @@ def test_inspect_shows_values_with_stamps_snapshot_floors_and_tombstones(
     assert entries["crm.contacts.view"] == {"field": "crm.contacts.view", "value": 0, "stamp": None}
     assert [t["field"] for t in costs["tombstoneEntries"]] == ["crm.reports.export"]
     assert contents["ready"] is True and list(contents["classes"]) == ["credit-costs"]
+
+
+def test_inspect_tells_fresh_until_from_stale_until(r: redis.Redis) -> None:
+    # Given a profile as the reader caches it: fresh for 300 s, kept 3,600 s more for
+    # stale-if-error (the key's TTL covers both)
+    now = int(time.time() * 1000)
+    key = TenantKeys.of("acme").ref(RefKind.PROFILE, "user-456")
+    r.hset(key, mapping={"value": "{}", "fetched-ms": now, "expires-ms": now + 300_000})
+    r.pexpire(key, 3_900_000)
+    # When the tenant is inspected
+    profile = cli_json("inspect", "acme")["references"]["profile"][0]
+    # Then the two moments are told apart
+    assert profile["freshUntilMs"] == now + 300_000
+    assert abs(profile["staleUntilMs"] - (now + 3_900_000)) < 10_000
+    table = cli("inspect", "acme", env={"COLUMNS": "200"}).stdout
+    assert "fresh until" in table and "stale until" in table and "(in 4m" in table
 
 
 def test_inspect_refuses_an_invalid_tenant_with_exit_2(r: redis.Redis) -> None:
@@ -212,6 +229,37 @@ def test_a_bad_setting_exits_2(env: dict[str, str]) -> None:
     done = cli("status", env={"FLOWER_BASIC_AUTH": "no-colon"})
     assert done.returncode == 2
     assert "FLOWER_BASIC_AUTH" in done.stderr
+
+
+PYTHON = sys.executable
+CELERY = str(Path(sys.executable).with_name("celery"))
+ENTRY_POINTS = {
+    "crmcache": [CRMCACHE, "status"],
+    "celery worker": [CELERY, "-A", "tasks", "worker", "--pool=solo"],
+    "celery beat": [CELERY, "-A", "tasks", "beat"],
+    "python -m consumer": [PYTHON, "-m", "consumer"],
+    "healthcheck": [PYTHON, "-m", "ops.healthcheck", "worker"],
+    "sandbox": [PYTHON, "-m", "ops.dev.run_sandbox"],
+}
+
+
+@pytest.mark.parametrize("argv", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_a_bad_setting_is_one_line_and_exit_2_in_every_entry_point(
+    argv: list[str], env: dict[str, str]
+) -> None:
+    # Given a malformed setting, when any process starts
+    done = subprocess.run(
+        argv,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "CRM_BATCH_SIZE": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it prints one line naming the variable and exits 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2, lines
+    assert len(lines) == 1 and "CRM_BATCH_SIZE" in lines[0], lines
 
 
 def test_status_shows_hit_rates_from_the_published_metrics_snapshot(r: redis.Redis) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,14 +47,17 @@ def process_running(pid: int) -> bool:
 
 
 class UpProcess:
-    """``crmcache up --json`` in a subprocess; its stdout is read line by line."""
+    """``crmcache up --json`` in a subprocess; its stdout is read line by line. Its state
+    directory is `state` (not this checkout's .crmcache: a developer may run one there)."""
 
-    def __init__(self, cwd: Path, log: IO[str], *args: str) -> None:
+    def __init__(self, cwd: Path, log: IO[str], *args: str, state: Path | None = None) -> None:
         self.cwd = cwd
+        self.state = state or cwd.with_name(cwd.name + "-state")
+        self.env = {**new_user_env(), "CRM_STATE_DIR": str(self.state)}
         self.process = subprocess.Popen(
             [CRMCACHE, "up", "--json", *args],
             cwd=cwd,
-            env=new_user_env(),
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -87,12 +91,12 @@ class UpProcess:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpProcess, dict[str, Any]]]:
     cwd = tmp_path_factory.mktemp("new-user")
+    state = tmp_path_factory.mktemp("state")
     logs = tmp_path_factory.mktemp("logs") / "up.log"
     with open(logs, "w") as log:
         ports = [str(free_port()) for _ in range(3)]
-        running = UpProcess(
-            cwd, log, "--api-port", ports[0], "--flower-port", ports[1], "--sandbox-port", ports[2]
-        )
+        ports_args = ["--api-port", ports[0], "--flower-port", ports[1], "--sandbox-port", ports[2]]
+        running = UpProcess(cwd, log, *ports_args, state=state)
         try:
             event = running.next_event()
             assert event["event"] == "up", f"{event}\n{logs.read_text()[-3000:]}"
@@ -151,17 +155,52 @@ def test_a_change_in_the_sandbox_reaches_the_http_api(up: tuple[UpProcess, dict[
 
 
 @pytest.mark.slow
-def test_status_sees_the_running_stack(up: tuple[UpProcess, dict[str, Any]]) -> None:
-    _, info = up
-    env = {**new_user_env(), "REDIS_URL": info["redis_url"]}
+def test_status_in_a_second_terminal_finds_the_stack_by_itself(
+    up: tuple[UpProcess, dict[str, Any]],
+) -> None:
+    # Given no REDIS_URL or any other crmcache variable, only the stack's state directory
+    running, info = up
     done = subprocess.run(
-        [CRMCACHE, "status", "--json", "--strict"], env=env, capture_output=True, text=True
+        [CRMCACHE, "status", "--json", "--strict"], env=running.env, capture_output=True, text=True
     )
+    # Then status reaches the stack, says so in one line on stderr, and stdout stays JSON
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert status["workers"]["count"] >= 1
     subscriber_pid = next(p["pid"] for p in info["parts"] if p["name"] == "subscriber")
     assert f":{subscriber_pid}:" in status["subscriber"]["active"]
+    assert done.stderr.count("\n") == 1 and "using the dev stack of crmcache up" in done.stderr
+    assert "REDIS_URL" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_state_is_private_and_remembers_the_printed_secrets(
+    up: tuple[UpProcess, dict[str, Any]],
+) -> None:
+    running, info = up
+    stack = json.loads((running.state / "stack.json").read_text())
+    assert stack["env"]["REDIS_URL"] == info["redis_url"] and stack["pid"] == running.process.pid
+    remembered = json.loads((running.state / "secrets.json").read_text())
+    assert remembered["apiKeys"] == info["api_keys"]
+    assert remembered["flowerAuth"] == info["flower_auth"]
+    assert remembered["wrapperToken"] == info["wrapper_token"]
+    for path in (running.state, running.state / "stack.json", running.state / "secrets.json"):
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+
+
+@pytest.mark.slow
+def test_a_second_up_with_the_same_state_is_refused(up: tuple[UpProcess, dict[str, Any]]) -> None:
+    running, _ = up
+    done = subprocess.run(
+        [CRMCACHE, "up", "--no-flower"],
+        cwd=running.cwd,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"another crmcache up (pid {running.process.pid})" in done.stderr
 
 
 @pytest.mark.slow
@@ -182,6 +221,8 @@ def test_ctrl_c_stops_everything_and_leaves_nothing_behind(
     assert not [pid for pid in pids if group_alive(pid)]
     assert list(running.cwd.iterdir()) == []
     assert not Path(info["workdir"]).exists()
+    # the secrets stay for the next start; what said "running" is gone
+    assert sorted(p.name for p in running.state.iterdir()) == ["secrets.json"]
 
 
 @pytest.mark.slow
@@ -195,7 +236,7 @@ def test_demo_prints_answers_before_and_after_each_change(tmp_path: Path) -> Non
             [CRMCACHE, "up", "--demo", "--exit", "--json", "--no-flower"]
             + ["--api-port", ports[0], "--sandbox-port", ports[1]],
             cwd=cwd,
-            env=new_user_env(),
+            env={**new_user_env(), "CRM_STATE_DIR": str(tmp_path / "state")},
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
@@ -291,3 +332,29 @@ def test_a_part_that_dies_stops_the_stack_with_exit_1(tmp_path: Path) -> None:
             assert not [pid for pid in pids if process_running(pid)]
         finally:
             running.close()
+
+
+def test_a_taken_usual_port_is_replaced_and_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ops.commands._banner import banner
+    from ops.dev import devstack
+
+    # Given the API's usual port taken (say, by another crmcache up)
+    monkeypatch.setenv("CRM_STATE_DIR", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        usual = taken.getsockname()[1]
+        monkeypatch.setitem(devstack.DEFAULT_PORTS, "api", usual)
+        stack = devstack.DevStack(devstack.StackOptions())
+        try:
+            # When the stack picks its ports
+            port = stack._port("api", None)
+            explicit = stack._port("flower", 5999)
+        finally:
+            stack.stop()
+    # Then another one is used, and the banner says so; an explicit port is not "moved"
+    assert port != usual and explicit == 5999
+    assert stack.info.moved_ports == {"api": {"wanted": usual, "port": port}}
+    assert f"api: {usual} is taken (another crmcache up?), listening on {port}" in banner(
+        stack.info, None
+    )

@@ -12,7 +12,8 @@ from crmcache.logging_config import configure_logging
 DESCRIPTION = (
     "Listen to crm:<tenant>:<stream> channels (every tenant, or CRM_TENANTS), validate, stamp "
     "and batch events into Celery apply_events tasks. Only one subscriber is active at a time; "
-    "start more as standbys. SIGTERM/SIGINT flush and exit 0."
+    "start more as standbys. SIGTERM/SIGINT flush and exit 0. With CRM_SUBSCRIBER_STATUS_FILE "
+    "it keeps its own health there for `python -m ops.healthcheck subscriber`."
 )
 
 
@@ -23,6 +24,10 @@ def run_subscriber(settings: Settings) -> int:
 
     enqueuer = CeleryEnqueuer(settings)
     subscriber = Subscriber(settings, enqueuer)
+    if settings.subscriber_status_file:
+        from consumer.ingest.liveness import StatusFile
+
+        subscriber.on_beat = StatusFile(settings.subscriber_status_file, subscriber.token).beat
     subscriber.install_signal_handlers()
     try:
         return subscriber.run()

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from types import FrameType
@@ -92,6 +93,9 @@ class Subscriber:
         for tenant, index in shard_of(settings.tenants, settings.subscriber_shards).items():
             self._tenants_on.setdefault(index, set()).add(tenant)
         self._shards: PubSubShards | None = None
+        self.on_beat: Callable[[str], None] = lambda role: None
+        """Called as the loop goes round with "active", "standby" or "reconnecting": this
+        process's own health, for its container healthcheck (consumer/ingest/liveness.py)."""
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Subscriber:
         while not self.stopping:
             try:
                 if not self._lead():
+                    self.on_beat("standby")
                     self._stop.wait(self.settings.leader_lease / 4)
                     continue
                 self._serve()
@@ -130,6 +135,7 @@ class Subscriber:
             ) as exc:
                 failures += 1
                 self.stats["reconnects"] += 1
+                self.on_beat("reconnecting")
                 delay = min(self.settings.reconnect_max_delay, 0.1 * 2 ** min(failures, 10))
                 delay *= random.uniform(0.5, 1.0)
                 logger.warning("subscriber connection lost (%s); retrying in %.2fs", exc, delay)
@@ -212,6 +218,7 @@ class Subscriber:
                 if not self._keep_lease(now):
                     return
                 shards.check(now, interval)
+                self.on_beat("active")
                 wait = self.batcher.wait_time(now, min(interval, 0.5))
                 # At most one batch's worth per connection per turn: a flooded connection gets
                 # a turn, not the whole loop, and the turn bounds how long a flush waits.

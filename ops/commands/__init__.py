@@ -4,6 +4,7 @@ from types import ModuleType
 
 from ops.commands import (
     api,
+    check_config,
     dlq,
     flower,
     inspect_tenant,
@@ -24,4 +25,5 @@ COMMANDS: tuple[ModuleType, ...] = (
     publish,
     inspect_tenant,
     flower,
+    check_config,
 )

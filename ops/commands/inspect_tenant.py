@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
@@ -28,7 +30,9 @@ stamp: "<seq>" or "<seq>:<version>" of the event that set it (a newer event wins
 "snapshot <= N" for a value loaded by the preload that started at sequence N (the class floor:
 events stamped at or below it are refused). A stamp without a value is a tombstone: the field
 was deleted and an older write cannot bring it back.
-Reference entries (profiles, hierarchy nodes) are shown with their remaining TTL."""
+Reference entries (profiles, hierarchy nodes) are shown with two times: fresh until (after it a
+read fetches from the Wrapper again) and stale until (Redis keeps the entry that long so that
+it can still be served while the Wrapper fails: CRM_REFERENCE_MAX_STALE)."""
 
 
 def register(sub: Any) -> None:
@@ -107,18 +111,34 @@ def render(contents: dict[str, Any]) -> None:
             continue
         table = Table(title=f"reference: {kind}", title_justify="left")
         table.add_column("id", overflow="fold")
-        table.add_column("ttl")
+        table.add_column("fresh until")
+        table.add_column("stale until (kept for stale-if-error)")
         table.add_column("entry", overflow="fold")
         for entry in entries:
-            ttl = entry["ttlMs"]
             table.add_row(
-                entry["id"], f"{ttl / 1000:.0f}s" if ttl >= 0 else "-", _short(entry["entry"])
+                entry["id"],
+                until(entry.get("freshUntilMs")),
+                until(entry.get("staleUntilMs")),
+                _short(entry["entry"]),
             )
         out.print(table)
     if contents["balances"]:
         balances = ", ".join(f"{u} {b}" for u, b in contents["balances"].items())
         out.print(f"balances      {balances}")
     out.print(f"leads {contents['leads']}, credit outbox {contents['creditOutbox']} unsettled")
+
+
+def until(ms: int | None, now_ms: int | None = None) -> str:
+    """'14:05:09 (in 4m 10s)' in local time, 'passed 14:05:09' once it is over; '-' for never."""
+    if ms is None:
+        return "-"
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    clock = datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S")
+    left = (ms - now_ms) // 1000
+    if left < 0:
+        return f"passed {clock}"
+    minutes, seconds = divmod(left, 60)
+    return f"{clock} (in {minutes}m {seconds:02d}s)" if minutes else f"{clock} (in {seconds}s)"
 
 
 def _int(value: Any) -> int | None:

@@ -26,6 +26,7 @@ from ops.commands._common import (
 )
 
 EPILOG = """\
+crmcache preload acme globex, or --tenant acme --tenant globex, or --all.
 By default the preload runs in this process (the same code as the crmcache.preload_tenant
 task) with a progress bar, and the command fails (exit 1) if any tenant fails. With --enqueue
 it sends crmcache.preload_tenant tasks to the workers instead; add --wait to wait until each
@@ -40,9 +41,11 @@ def register(sub: Any) -> None:
         description="Preload (resync) critical data: credit costs, roles, user access.",
         epilog=EPILOG,
     )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--tenant", action="append", metavar="T", help="a tenant (repeatable)")
-    which.add_argument(
+    parser.add_argument("tenants", nargs="*", metavar="TENANT", help="tenants to preload")
+    parser.add_argument(
+        "--tenant", action="append", default=[], metavar="T", help="a tenant (repeatable)"
+    )
+    parser.add_argument(
         "--all", action="store_true", help="every tenant (CRM_TENANTS or the Wrapper's list)"
     )
     parser.add_argument(
@@ -62,12 +65,15 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait is not None and not args.enqueue:
         return fail("--wait only makes sense with --enqueue", EXIT_USAGE)
+    chosen = [*args.tenants, *args.tenant]
+    if bool(chosen) == args.all:
+        return fail("name the tenants to preload, or --all (not both)", EXIT_USAGE)
     from crmcache.wrapper import WrapperClient
 
     wrapper = WrapperClient(settings)
     try:
         try:
-            tenants = args.tenant or list(settings.tenants) or wrapper.tenants()
+            tenants = chosen or list(settings.tenants) or wrapper.tenants()
         except CrmCacheError as exc:
             return fail(f"cannot list tenants from the Wrapper: {exc}")
         for tenant in tenants:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
+import redis
 from rich.table import Table
 
 from config.settings import Settings
-from ops import inspection
+from ops import inspection, live_status
 from ops.commands._common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     add_json_flag,
     add_parser,
     age,
     cache_client,
     console,
+    fail,
+    now_ms,
     print_json,
     with_redis_errors,
 )
@@ -29,14 +34,20 @@ Overall: dead letters (stored / ever), the active subscriber (its lease), Celery
 answer a ping.
 
 With --strict the exit code is 1 unless every tenant is ready, a subscriber is active and at
-least one worker answers: usable as a readiness check in scripts."""
+least one worker answers: usable as a readiness check in scripts.
+
+With --watch the view redraws every --interval seconds until Ctrl-C (exit 0): per tenant ready
+or not, age of the last event, events received per second, the readers' near-cache hit rate
+(critical reads), unsettled credit deductions and the oldest one's age; dead letters and the
+active subscriber. With --json, one JSON object per line per redraw."""
 
 
 def register(sub: Any) -> None:
     parser = add_parser(
         sub,
         "status",
-        help="show readiness, entries, event/preload age, hit rates, dead letters, workers",
+        help="show readiness, entries, event/preload age, hit rates, dead letters, workers "
+        "(--watch: live)",
         description="Show the state of the cache and of the pipeline around it.",
         epilog=EPILOG,
     )
@@ -51,12 +62,26 @@ def register(sub: Any) -> None:
         help="seconds to wait for workers' ping replies (0: do not ping; default %(default)s)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 unless all is healthy")
+    parser.add_argument(
+        "--watch", action="store_true", help="redraw a live view every second until Ctrl-C"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --watch: seconds between redraws (default %(default)s)",
+    )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
 @with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.watch:
+        if args.strict or args.interval <= 0:
+            return fail("--watch takes a positive --interval and no --strict", EXIT_USAGE)
+        return watch(args, settings)
     client = cache_client(settings)
     try:
         tenants = args.tenant or inspection.known_tenants(client, settings)
@@ -69,6 +94,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         render(status)
     return EXIT_FAILED if args.strict and not status["healthy"] else EXIT_OK
+
+
+def watch(args: argparse.Namespace, settings: Settings) -> int:
+    client = cache_client(settings)
+
+    def read() -> live_status.Sample:
+        at, now = time.monotonic(), now_ms()
+        try:
+            tenants = args.tenant or inspection.known_tenants(client, settings)
+            return live_status.Sample(at, now, inspection.watch_sample(client, tenants))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return live_status.Sample(at, now, {}, error=f"Redis unreachable ({exc})")
+
+    try:
+        return live_status.watch(read, console(), args.interval, args.json)
+    finally:
+        client.close()
 
 
 def healthy(status: dict[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,7 +12,9 @@ from types import FrameType
 from typing import Any
 
 from config.settings import ConfigError, Settings
-from ops.dev.devstack import DevStack, StackInfo, StackOptions
+from ops.commands._banner import banner
+from ops.dev import devstate
+from ops.dev.devstack import DevStack, StackOptions
 from ops.dev.redis_server import ServerStartError
 from ops.dev.stack import Interrupted, PartFailed
 
@@ -26,14 +29,18 @@ Starts, as child processes sharing one environment:
   worker      celery -A tasks worker (concurrency 2)     beat   celery -A tasks beat
   subscriber  crmcache subscribe                           api    crmcache api
   flower      crmcache flower (basic auth)
-WRAPPER_API_TOKEN, CRM_API_KEYS and FLOWER_BASIC_AUTH are generated for the session unless set;
-the API key and Flower login are printed. Children's logs go to stderr, prefixed with their
-name; CRM_LOG_LEVEL and CRM_LOG_FORMAT apply to all of them.
+WRAPPER_API_TOKEN, CRM_API_KEYS and FLOWER_BASIC_AUTH are generated unless set, and kept for
+the next start in .crmcache/secrets.json (--new-keys makes new ones); the API keys, the Flower
+login and the sandbox token are printed. While it runs, .crmcache/stack.json tells every other
+crmcache command of this checkout where the stack is (variables you set win). A usual port
+(8080, 5555, 8081) that is taken is replaced by a free one, and the banner says so. Children's
+logs go to stderr, prefixed with their name; CRM_LOG_LEVEL and CRM_LOG_FORMAT apply to all.
 
-Ctrl-C or SIGTERM stops everything (SIGKILL after a grace period) and leaves nothing behind.
+Ctrl-C or SIGTERM stops everything (SIGKILL after a grace period); no process is left, and
+of its files only .crmcache/secrets.json stays (CRM_STATE_DIR names another directory).
 
-exit codes: 0 stopped on request (or --demo --exit succeeded), 1 a part failed or exited, or the
-demo failed, 2 bad usage or configuration
+exit codes: 0 stopped on request (or --demo --exit succeeded), 1 a part failed or exited, the
+demo failed, or another crmcache up runs from this checkout, 2 bad usage or configuration
 """
 
 
@@ -57,6 +64,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--flower-port", type=int, help="Flower port (default 5555, else free)")
     parser.add_argument("--sandbox-port", type=int, help="sandbox port (default 8081, else free)")
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    parser.add_argument(
+        "--new-keys",
+        action="store_true",
+        help="new API keys, Flower login and sandbox token instead of the remembered ones",
+    )
     parser.add_argument(
         "--log-level",
         help="children's log level unless CRM_LOG_LEVEL is set (default INFO; WARNING with --demo)",
@@ -95,7 +107,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         flower=not args.no_flower,
         log_level=args.log_level or ("WARNING" if args.demo else "INFO"),
         startup_timeout=args.timeout,
+        new_keys=args.new_keys,
     )
+    running = devstate.running_stack(devstate.state_dir())
+    if running is not None:
+        print(
+            f"crmcache up: another crmcache up (pid {running['pid']}) runs from this checkout; "
+            f"stop it first, or give this one its own {devstate.STATE_DIR_VARIABLE}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     console = Console(args.json)
     stack = DevStack(options)
     restore = _install_signal_handlers(stack.supervisor.request_stop)
@@ -103,6 +124,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _run_stack(stack, args, console)
     finally:
         console.say("stopping...")
+        devstate.remove_stack(stack.state_dir, os.getpid())
         killed = stack.stop()
         if killed:
             console.say(f"stopped ({', '.join(killed)} needed SIGKILL)")
@@ -134,6 +156,7 @@ def _run_stack(stack: DevStack, args: argparse.Namespace, console: Console) -> i
         return EXIT_OK
     info = stack.info
     info.parts = stack.describe_parts()
+    _record(stack)
     console.emit({"event": "up", **info.as_dict()}, banner(info, stack.active_subscriber()))
     if args.demo:
         code = _run_demo(stack, console)
@@ -149,9 +172,22 @@ def _run_stack(stack: DevStack, args: argparse.Namespace, console: Console) -> i
 
 
 def _external_wrapper() -> bool:
-    import os
-
     return bool(os.environ.get("WRAPPER_API_URL"))
+
+
+def _record(stack: DevStack) -> None:
+    """Tell the commands of other terminals where this stack is (ops/dev/devstate.py)."""
+    info = stack.info
+    facts = {
+        "pid": os.getpid(),
+        "env": stack.connection_env(),
+        "apiUrl": info.api_url,
+        "apiKeys": info.api_keys,
+        "flowerUrl": info.flower_url,
+        "wrapperUrl": info.wrapper_url,
+    }
+    written = devstate.write_stack(stack.state_dir, facts)
+    info.state_file = str(written) if written else None
 
 
 def _run_demo(stack: DevStack, console: Console) -> int:
@@ -189,41 +225,6 @@ def _report_failure(exc: PartFailed, console: Console) -> None:
     tail = list(exc.part.tail)[-15:]
     text = f"crmcache up: {exc}" + "".join(f"\n  {exc.part.name} | {line}" for line in tail)
     console.emit({"event": "failed", "part": exc.part.name, "error": str(exc), "tail": tail}, text)
-
-
-def banner(info: StackInfo, active_subscriber: str | None) -> str:
-    lines = ["", "crmcache is up. Ctrl-C stops everything.", ""]
-    for part in info.parts:
-        where = part["url"] or ""
-        lines.append(f"  {part['name']:<11} pid {part['pid']:<8} {where:<30} {part['note']}")
-    lines.append("")
-    if info.tenants:
-        ready = ", ".join(info.ready_tenants) or "none yet"
-        lines.append(f"  tenants        {', '.join(info.tenants)} (ready: {ready})")
-    if active_subscriber:
-        lines.append(f"  subscriber     active: {active_subscriber}")
-    for tenant, key in info.api_keys.items():
-        lines.append(f"  API key        {tenant}: {key}   (header X-API-Key)")
-    if info.api_url is None:
-        lines.append("  HTTP API       not started: this version has no `crmcache api` command")
-    if info.flower_url:
-        lines.append(f"  Flower         {info.flower_url}  login {info.flower_auth}")
-    lines += ["", "Try, in another terminal:"]
-    tenant = next(iter(info.api_keys), "acme")
-    if info.api_url and info.api_keys:
-        lines.append(
-            f"  curl -H 'X-API-Key: {info.api_keys[tenant]}' "
-            f"'{info.api_url}/api/credits/validate?operation=crm.leads.create&userId=user-456'"
-        )
-    if info.sandbox:
-        lines.append(
-            f"  curl -X PUT -H 'Authorization: Bearer {info.wrapper_token}' "
-            f"{info.wrapper_url}/_admin/{tenant}/credit-configs/crm.leads.create "
-            """-d '{"creditCost": 3}'"""
-        )
-    lines.append(f"  REDIS_URL={info.redis_url} crmcache status")
-    lines.append("")
-    return "\n".join(lines)
 
 
 def _install_signal_handlers(stop: Callable[[], None]) -> Callable[[], None]:

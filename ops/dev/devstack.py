@@ -3,7 +3,8 @@
 Redis (embedded when neither REDIS_URL nor REDIS_HOST is set: a throwaway server on a free port,
 nothing on disk), the sandbox Wrapper (when WRAPPER_API_URL is not set), a Celery worker, beat,
 the subscriber, the HTTP API and Flower, all sharing one environment. Secrets that are not set
-(WRAPPER_API_TOKEN, CRM_API_KEYS, FLOWER_BASIC_AUTH) are generated for the session.
+(WRAPPER_API_TOKEN, CRM_API_KEYS, FLOWER_BASIC_AUTH) are generated once and kept in the state
+directory (ops/dev/devstate.py), so that they stay the same across restarts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from config.apikeys import parse_api_keys
 from config.settings import Settings, get_settings, load_settings
 from crmcache import keyspace
 from crmcache.redis_client import make_redis
+from ops.dev import devstate
 from ops.dev.redis_server import RedisServer, free_port
 from ops.dev.stack import Part, Supervisor
 
@@ -46,6 +48,8 @@ class StackOptions:
     flower: bool = True
     log_level: str = "INFO"
     startup_timeout: float = 90.0
+    new_keys: bool = False
+    """Generate new API keys, Flower login and sandbox token instead of the remembered ones."""
 
 
 @dataclass
@@ -67,6 +71,10 @@ class StackInfo:
     ready_tenants: list[str] = field(default_factory=list)
     parts: list[dict[str, Any]] = field(default_factory=list)
     workdir: str = ""
+    moved_ports: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Parts whose usual port was taken: name -> {"wanted": usual, "port": used}."""
+    state_file: str | None = None
+    """Where the commands of another terminal find this stack (ops/dev/devstate.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,6 +116,8 @@ class DevStack:
         self.settings: Settings | None = None
         self.session = secrets.token_hex(3)
         self._redis: redis.Redis | None = None
+        self.state_dir = devstate.state_dir()
+        self.secrets = devstate.DevSecrets.load(self.state_dir, options.new_keys)
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -135,10 +145,9 @@ class DevStack:
             self.info.embedded_redis = True
         env.setdefault("CRM_LOG_LEVEL", self.options.log_level)
         env["PYTHONUNBUFFERED"] = "1"
-        if not env.get("WRAPPER_API_TOKEN"):
-            env["WRAPPER_API_TOKEN"] = secrets.token_urlsafe(18)
         if not env.get("WRAPPER_API_URL"):
-            port = pick_port(self.options.sandbox_port, DEFAULT_PORTS["sandbox"])
+            env["WRAPPER_API_TOKEN"] = env.get("WRAPPER_API_TOKEN") or self.secrets.token()
+            port = self._port("sandbox", self.options.sandbox_port)
             env["WRAPPER_API_URL"] = f"http://127.0.0.1:{port}"
             self.info.sandbox = True
             self.info.wrapper_token = env["WRAPPER_API_TOKEN"]
@@ -162,13 +171,28 @@ class DevStack:
                 if secret and not secret.startswith("sha256:"):
                     self.info.api_keys.setdefault(tenant, secret)
         else:
-            self.info.api_keys = {t: secrets.token_urlsafe(18) for t in self.info.tenants}
+            self.info.api_keys = self.secrets.keys_for(self.info.tenants)
             env["CRM_API_KEYS"] = ",".join(f"{t}:{k}" for t, k in self.info.api_keys.items())
             parse_api_keys(env["CRM_API_KEYS"])
         if self.options.flower and not env.get("FLOWER_BASIC_AUTH"):
-            env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+            env["FLOWER_BASIC_AUTH"] = self.secrets.flower()
         self.info.flower_auth = env.get("FLOWER_BASIC_AUTH", "").split(",")[0]
+        self.secrets.save(self.state_dir)
         self._apply(env)
+
+    def _port(self, name: str, explicit: int | None) -> int:
+        """The part's usual port when free, else a free one, which the banner announces."""
+        port = pick_port(explicit, DEFAULT_PORTS[name])
+        if not explicit and port != DEFAULT_PORTS[name]:
+            self.info.moved_ports[name] = {"wanted": DEFAULT_PORTS[name], "port": port}
+        return port
+
+    def connection_env(self) -> dict[str, str]:
+        """The variables a command in another terminal needs to reach this stack."""
+        names = "CELERY_BROKER_URL WRAPPER_API_URL WRAPPER_API_TOKEN CRM_TENANTS CRM_API_KEYS"
+        names += " FLOWER_BASIC_AUTH"
+        found = {name: self.env[name] for name in names.split() if self.env.get(name)}
+        return {"REDIS_URL": self.info.redis_url, **found}
 
     def _tenants(self) -> list[str]:
         assert self.settings is not None
@@ -241,7 +265,7 @@ class DevStack:
         )
 
     def _api_part(self) -> Part:
-        port = pick_port(self.options.api_port, DEFAULT_PORTS["api"])
+        port = self._port("api", self.options.api_port)
         url = f"http://127.0.0.1:{port}"
         self.info.api_url = url
         return Part(
@@ -253,7 +277,7 @@ class DevStack:
         )
 
     def _flower_part(self) -> Part:
-        port = pick_port(self.options.flower_port, DEFAULT_PORTS["flower"])
+        port = self._port("flower", self.options.flower_port)
         url = f"http://127.0.0.1:{port}"
         self.info.flower_url = url
         user, _, password = self.info.flower_auth.partition(":")
