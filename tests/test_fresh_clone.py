@@ -35,7 +35,7 @@ class Newcomer:
         self.env = {**new_user_env(), "PYTHONPATH": str(clone)}
         self.ports = [str(free_port()) for _ in range(2)]
         self.up = subprocess.Popen(
-            [sys.executable, "-m", "crmcache", "up", "--no-flower"]
+            [sys.executable, "-m", "ops", "up", "--no-flower"]
             + ["--api-port", self.ports[0], "--sandbox-port", self.ports[1]],
             cwd=clone,
             env=self.env,
