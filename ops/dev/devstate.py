@@ -36,7 +36,7 @@ REDIS_CHOICE = ("REDIS_URL", "REDIS_HOST")
 
 def checkout_root() -> Path | None:
     """The repository the code runs from (it holds pyproject.toml); None for an installed copy."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() else None
 
 
