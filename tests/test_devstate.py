@@ -17,10 +17,9 @@ from tests.conftest import wait_until
 
 @pytest.fixture
 def up_process() -> Iterator[int]:
-    """A live process whose command line says crmcache, standing in for a running ``up``."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "crmcache"])
-    cmdline = Path(f"/proc/{proc.pid}/cmdline")
-    wait_until(lambda: b"crmcache" in cmdline.read_bytes(), what="the exec")
+    """A live process standing in for a running ``up``."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    wait_until(lambda: devstate.process_started(proc.pid) is not None, what="the process")
     yield proc.pid
     proc.kill()
     proc.wait()
@@ -89,3 +88,17 @@ def test_a_stack_that_is_gone_lends_nothing(tmp_path: Path) -> None:
     assert environ == {devstate.STATE_DIR_VARIABLE: str(tmp_path)}
     devstate.remove_stack(tmp_path, gone.pid)
     assert not (tmp_path / devstate.STACK_FILE).exists()
+
+
+def test_a_reused_pid_lends_nothing(tmp_path: Path, up_process: int) -> None:
+    # Given stack.json naming a pid that now belongs to a process started at another time
+    started = devstate.process_started(up_process)
+    assert started is not None
+    devstate.write_stack(tmp_path, {"pid": up_process, "pidStarted": started + 1, "env": STACK_ENV})
+    environ = {devstate.STATE_DIR_VARIABLE: str(tmp_path)}
+    # When a second terminal looks for the stack, then it finds none and takes nothing
+    assert devstate.use_running_stack(environ) is None
+    assert "REDIS_URL" not in environ
+    # ... while the process that did write it is found
+    devstate.write_stack(tmp_path, {"pid": up_process, "pidStarted": started, "env": STACK_ENV})
+    assert devstate.use_running_stack(environ) is not None

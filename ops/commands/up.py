@@ -180,6 +180,7 @@ def _record(stack: DevStack) -> None:
     info = stack.info
     facts = {
         "pid": os.getpid(),
+        "pidStarted": devstate.process_started(os.getpid()),
         "env": stack.connection_env(),
         "apiUrl": info.api_url,
         "apiKeys": info.api_keys,

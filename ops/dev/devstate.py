@@ -68,18 +68,28 @@ def _read(path: Path) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs and (where /proc says) is a crmcache process, not a reused pid."""
+def process_started(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (/proc/<pid>/stat); None where unknown.
+    A pid and its start time name one process: a reused pid has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def process_alive(pid: int, started: int | None = None) -> bool:
+    """Whether `pid` runs and, when `started` is given and /proc tells, is the process that
+    started then (not a later process that reused the pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:
-        return b"crmcache" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
+    now = process_started(pid)
+    return started is None or now is None or now == started
 
 
 # --- secrets kept across restarts ----------------------------------------------------------------
@@ -162,8 +172,10 @@ def running_stack(directory: Path | None) -> dict[str, Any] | None:
     facts = None if directory is None else _read(directory / STACK_FILE)
     if facts is None or not isinstance(facts.get("env"), dict):
         return None
-    pid = facts.get("pid")
-    return facts if isinstance(pid, int) and process_alive(pid) else None
+    pid, started = facts.get("pid"), facts.get("pidStarted")
+    if not isinstance(pid, int) or not isinstance(started, int | None):
+        return None
+    return facts if process_alive(pid, started) else None
 
 
 def use_running_stack(environ: MutableMapping[str, str]) -> str | None:
