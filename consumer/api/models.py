@@ -48,6 +48,16 @@ class LeadCreated(BaseModel):
     remainingCredits: Number
 
 
+class Lead(BaseModel):
+    """A lead as stored in the leads database."""
+
+    leadId: str
+    userId: str
+    leadData: dict[str, Any]
+    createdAt: str
+    creditsDeducted: Number
+
+
 class CreditValidation(BaseModel):
     operation: str
     creditCost: Number
