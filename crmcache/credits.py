@@ -89,7 +89,6 @@ class Deduction:
     """What one charge did; identical for the first call and every replay of its key."""
 
     deduction_id: str
-    lead_id: str | None
     user_id: str
     operation: str
     amount: Number
@@ -103,7 +102,6 @@ class Deduction:
     def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
         return cls(
             deduction_id=record["deductionId"],
-            lead_id=record.get("leadId") or None,
             user_id=record["userId"],
             operation=record["operationCode"],
             amount=as_number(record["amount"]),
@@ -145,20 +143,6 @@ def user_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str
     """The available balance: from the cache, read through from the Wrapper when missing."""
     balance = cached_balance(store, tenant, user_id)
     return balance if balance is not None else load_balance(store, wrapper, tenant, user_id)
-
-
-def replay(store: Store, tenant: str, key: str, request_fingerprint: str) -> Deduction | None:
-    """The stored deduction of `key` when it was made with the same request; None when the key
-    is unused; IdempotencyConflict when it was used for another request. A fast path before
-    the checks of a new charge (the Lua script checks again, atomically)."""
-    with translate_errors():
-        raw = store.redis.hgetall(TenantKeys.of(tenant).idempotency(validate_key(key)))
-    if not raw:
-        return None
-    record = {_text(k): _text(v) for k, v in raw.items()}
-    if record.get("fingerprint") != request_fingerprint:
-        raise IdempotencyConflict(_CONFLICT)
-    return Deduction.from_record(record, replayed=True)
 
 
 _CONFLICT = "this Idempotency-Key was already used with a different request"
@@ -219,7 +203,6 @@ def deduct(
             remaining, _entry, enqueue = reply[1], reply[2], reply[3]
             return Deduction(
                 deduction_id=args[2],  # type: ignore[arg-type]
-                lead_id=None,
                 user_id=user_id,
                 operation=operation,
                 amount=as_number(amount_text),

@@ -84,7 +84,9 @@ def sandbox(cache_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def env(cache_url: str, broker_url: str, sandbox: Any) -> Iterator[dict[str, str]]:
+def env(
+    cache_url: str, broker_url: str, sandbox: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """The process environment every crmcache component of the session reads its settings
     from (the worker's tasks read them once, on first use)."""
     from config.settings import get_settings
@@ -95,6 +97,8 @@ def env(cache_url: str, broker_url: str, sandbox: Any) -> Iterator[dict[str, str
         "CELERY_BROKER_URL": broker_url,
         "WRAPPER_API_URL": sandbox.url,
         "WRAPPER_API_TOKEN": "test-token",
+        # Never the repository's state dir; tests of leads use PostgreSQL (``database_url``).
+        "CRM_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('leads')}/leads.sqlite3",
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -106,6 +110,42 @@ def env(cache_url: str, broker_url: str, sandbox: Any) -> Iterator[dict[str, str
         else:
             os.environ[name] = old
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def database_url(env: dict[str, str]) -> Iterator[str]:
+    """A PostgreSQL database of the session (tests/postgres.py says how it is found), in the
+    environment as CRM_DATABASE_URL for every component started from now on."""
+    from config.settings import get_settings
+    from tests import postgres
+
+    try:
+        database, server, how = postgres.start()
+    except postgres.PostgresUnavailable as exc:
+        postgres.report(f"PostgreSQL run: did not happen ({exc})")
+        pytest.fail(f"cannot get a PostgreSQL database for the tests: {exc}")
+    postgres.report(f"PostgreSQL run: happened ({how})")
+    saved = os.environ["CRM_DATABASE_URL"]
+    os.environ["CRM_DATABASE_URL"] = database.url
+    get_settings.cache_clear()
+    yield database.url
+    os.environ["CRM_DATABASE_URL"] = saved
+    get_settings.cache_clear()
+    database.drop()
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture
+def lead_store(database_url: str) -> Iterator[Any]:
+    """The leads database, emptied before each test."""
+    from crmcache.lead_store import LeadStore, leads
+
+    store = LeadStore(database_url)
+    with store.engine.begin() as conn:
+        conn.execute(leads.delete())
+    yield store
+    store.close()
 
 
 @pytest.fixture
