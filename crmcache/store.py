@@ -109,6 +109,11 @@ class Store:
             members = self.redis.smembers(keyspace.CREDIT_TENANTS)
         return sorted(_text(m) for m in members)
 
+    def unschedule_settlement(self, tenant: str) -> None:
+        """Clear the 'a settle task is queued' flag, so the next charge enqueues one."""
+        with translate_errors():
+            self.redis.delete(TenantKeys.of(tenant).settle_scheduled)
+
     def publish(self, channel: str, message: str) -> None:
         with translate_errors():
             self.redis.publish(channel, message)

@@ -128,6 +128,10 @@ def database_url(env: dict[str, str]) -> Iterator[str]:
     saved = os.environ["CRM_DATABASE_URL"]
     os.environ["CRM_DATABASE_URL"] = database.url
     get_settings.cache_clear()
+    from tasks import resources
+
+    resources.lead_store.cache_clear()  # a worker's tasks open the database on first use
+    resources.reconciler.cache_clear()
     yield database.url
     os.environ["CRM_DATABASE_URL"] = saved
     get_settings.cache_clear()
