@@ -63,7 +63,7 @@ class ReserveRequest(BaseModel):
 
     userId: Ident
     operation: Ident
-    amount: Annotated[Number, Field(ge=0)] | None = Field(
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None, description="credits to hold; by default the operation's cost"
     )
 
