@@ -1,9 +1,10 @@
 """Leads in a SQL database (SQLAlchemy 2 Core): PostgreSQL in production, SQLite for ``make up``.
 
 The schema is one table, created by ``LeadStore.create_schema`` (SQLAlchemy's
-``metadata.create_all``: CREATE TABLE / INDEX IF NOT EXISTS, so every process may run it at
-start; there is nothing to migrate yet). Every query names the tenant: a lead id of another
-tenant is never found.
+``metadata.create_all``: it creates only what is missing, so every process runs it, on its
+first use of the database rather than at start, so that an API whose database is down still
+answers everything but leads; there is nothing to migrate yet). Every query names the tenant:
+a lead id of another tenant is never found.
 
 A row is either a lead (``status`` active) or a *tombstone* (``status`` void) that the
 reconciler writes for a lead id whose hold it voids: the primary key then refuses a late
@@ -15,6 +16,7 @@ uniqueness is the arbiter between an API process that is slow to write and the r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,19 +96,22 @@ def make_engine(url: str) -> Engine:
 class LeadStore:
     """One process's access to the leads table."""
 
-    def __init__(self, url: str, *, create_schema: bool = True) -> None:
+    def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        if create_schema:
-            self.create_schema()
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
 
     def create_schema(self) -> None:
-        with self._connect() as conn:
+        with self._schema_lock, self.engine.begin() as conn:
             metadata.create_all(conn)
+            self._schema_ready = True
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
         """A transaction; database outages become LeadStoreUnavailable (integrity errors pass)."""
         try:
+            if not self._schema_ready:
+                self.create_schema()
             with self.engine.begin() as conn:
                 yield conn
         except IntegrityError:

@@ -25,7 +25,13 @@ from typing import Any
 
 from crmcache import holds
 from crmcache.credits import Number, as_number, utc_now_iso
-from crmcache.errors import CrmCacheError, HoldClosed, IdempotencyConflict
+from crmcache.errors import (
+    CrmCacheError,
+    HoldClosed,
+    HoldNotFound,
+    IdempotencyConflict,
+    StoreUnavailable,
+)
 from crmcache.lead_store import VOID, Lead, LeadStore
 from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
@@ -123,7 +129,12 @@ def create_lead(
     )
     if not lead_store.insert(lead) and lead_store.status(request.tenant, lead.lead_id) == VOID:
         raise HoldClosed(hold.hold_id, "voided")
-    done = holds.commit(store, request.tenant, hold.hold_id, lead.lead_id, ttl_s=ttl_s)
+    try:
+        done = holds.commit(store, request.tenant, hold.hold_id, lead.lead_id, ttl_s=ttl_s)
+    except HoldNotFound:
+        # Redis lost the hold it answered a moment ago (restarted empty): an outage, never
+        # "not found"; the reconciler charges the lead directly.
+        raise StoreUnavailable("the cache lost the lead's reservation") from None
     try:
         lead_store.mark_charged(request.tenant, lead.lead_id)
     except CrmCacheError as exc:  # charged all the same; the reconciler sets the flag later

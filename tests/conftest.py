@@ -146,6 +146,7 @@ def lead_store(database_url: str) -> Iterator[Any]:
     from crmcache.lead_store import LeadStore, leads
 
     store = LeadStore(database_url)
+    store.create_schema()
     with store.engine.begin() as conn:
         conn.execute(leads.delete())
     yield store

@@ -152,3 +152,25 @@ def _as_dumped(body: dict[str, Any]) -> dict[str, Any]:
     from consumer.api.models import LeadData
 
     return LeadData(**body["leadData"]).model_dump(mode="json")
+
+
+def test_without_its_database_the_api_answers_everything_but_leads(
+    serve: Any, preload: Any, api_settings: Any
+) -> None:
+    from pydantic import SecretStr
+
+    from ops.dev.redis_server import free_port
+
+    # Given an API whose leads database does not answer
+    preload("acme")
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/leads"
+    settings = api_settings.model_copy(update={"database_url": SecretStr(nowhere)})
+    with serve(settings) as api:
+        # Then it starts and reads; a lead is a 503 that names the database, nothing held
+        params = {"userId": "user-456", "permission": "crm.leads.create"}
+        assert api.get("/api/permissions/check", params=params, headers=ACME).status_code == 200
+        reply = api.post(
+            "/api/leads", json=lead_body(), headers={**ACME, "Idempotency-Key": "nodb"}
+        )
+        assert reply.status_code == 503 and reply.json()["error"] == "database_unavailable"
+        assert balance(api)["heldCredits"] == 1  # until the reconciler decides (no lead: void)
