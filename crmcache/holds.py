@@ -283,11 +283,29 @@ def void(
     return None
 
 
-def sweep(store: Store, tenant: str, user_id: str) -> list[tuple[str, str]]:
-    """Void the user's overdue holds; the overdue ones waiting on a result, (holdId, ref)."""
+@dataclass(frozen=True)
+class Waiting:
+    """An overdue hold waiting on a result: only its owner's database can tell its fate."""
+
+    hold_id: str
+    result_ref: str
+    user_id: str
+    idempotency_key: str
+
+    @property
+    def record(self) -> dict[str, str]:
+        """Enough of a record for ``commit`` and ``void`` (the real one may have expired)."""
+        return {"userId": self.user_id, "idempotencyKey": self.idempotency_key}
+
+
+def sweep(store: Store, tenant: str, user_id: str) -> list[Waiting]:
+    """Void the user's overdue holds; return the overdue ones waiting on a result."""
     reply = _run(store, tenant, _user_keys(tenant, user_id), _user_args("sweep", tenant, user_id))
     rest = reply[1:]
-    return list(zip(rest[::2], rest[1::2], strict=True))
+    return [
+        Waiting(hold_id, ref, user_id, key)
+        for hold_id, ref, key in zip(rest[::3], rest[1::3], rest[2::3], strict=True)
+    ]
 
 
 def balance(store: Store, tenant: str, user_id: str) -> tuple[Number | None, Number]:

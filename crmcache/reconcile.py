@@ -71,23 +71,37 @@ class Reconciler:
         report = ReconcileReport()
         for user_id in holds.due_users(self.store, tenant, limit):
             report.users_swept += 1
-            for hold_id, lead_id in holds.sweep(self.store, tenant, user_id):
-                self._decide(tenant, hold_id, lead_id, report)
+            for waiting in holds.sweep(self.store, tenant, user_id):
+                self._decide(tenant, waiting, report)
         cutoff = int(time.time() * 1000 - self.timeout_s * 1000 - CHARGE_GRACE_MS)
         for lead in self.lead_store.uncharged(tenant, cutoff, limit):
             self._confirm_charge(lead, report)
         return report
 
-    def _decide(self, tenant: str, hold_id: str, lead_id: str, report: ReconcileReport) -> None:
-        """An overdue hold waiting on `lead_id`: the database's primary key decides."""
+    def _decide(self, tenant: str, waiting: holds.Waiting, report: ReconcileReport) -> None:
+        """An overdue hold waiting on a lead: the database's primary key decides."""
+        hold_id, lead_id = waiting.hold_id, waiting.result_ref
         if self.lead_store.tombstone(tenant, lead_id, hold_id):
-            holds.void(self.store, tenant, hold_id, ttl_s=self.ttl_s)
+            holds.void(self.store, tenant, hold_id, ttl_s=self.ttl_s, record=waiting.record)
             report.voided += 1
             logger.info("tenant=%s hold %s voided: lead %s never written", tenant, hold_id, lead_id)
             return
-        lead = self.lead_store.get(tenant, lead_id)
-        if lead is not None:
-            self._confirm_charge(lead, report)
+        try:
+            done = holds.commit(
+                self.store, tenant, hold_id, lead_id, ttl_s=self.ttl_s, record=waiting.record
+            )
+        except (
+            HoldClosed,
+            HoldNotFound,
+        ) as exc:  # voided by hand: the charge check below charges it
+            logger.warning(
+                "tenant=%s lead %s exists, its hold %s: %s", tenant, lead_id, hold_id, exc
+            )
+            return
+        report.committed += 1
+        report.settle = report.settle or done.settle_now
+        self.lead_store.mark_charged(tenant, lead_id)
+        report.marked += 1
 
     def _confirm_charge(self, lead: Lead, report: ReconcileReport) -> None:
         try:

@@ -171,7 +171,12 @@ def test_a_hold_waiting_on_a_result_is_left_to_the_reconciler(
     assert holds.balance(store, "acme", USER) == (7, 3)
     # And the reconciler's sweep names it; it may still be committed with its lead
     assert holds.due_users(store, "acme") == [USER]
-    assert holds.sweep(store, "acme", USER) == [(hold.hold_id, "lead_1")]
+    [waiting] = holds.sweep(store, "acme", USER)
+    assert (waiting.hold_id, waiting.result_ref, waiting.idempotency_key) == (
+        hold.hold_id,
+        "lead_1",
+        "h-lead",
+    )
     with pytest.raises(IdempotencyConflict):
         holds.commit(store, "acme", hold.hold_id, "lead_2", ttl_s=TTL)
     assert not holds.commit(store, "acme", hold.hold_id, "lead_1", ttl_s=TTL).replayed

@@ -148,8 +148,10 @@ class Ledger(RuleBasedStateMachine):
     @rule()
     def reconciler_sweep(self) -> None:
         waiting = holds.sweep(self.store, "acme", USER)
-        for hold_id, ref in waiting:
-            assert any(h.hold_id == hold_id and h.ref == ref for h in self.by_key.values())
+        for hold in waiting:
+            assert any(
+                h.hold_id == hold.hold_id and h.ref == hold.result_ref for h in self.by_key.values()
+            )
 
     def available(self) -> float:
         return INITIAL - self.committed - self.held()

@@ -118,6 +118,26 @@ def test_a_late_insert_after_the_reconciler_voided_fails_and_the_retry_starts_ov
     assert holds.balance(store, "acme", USER) == (8, 0)
 
 
+def test_holds_whose_records_expired_are_still_decided(
+    r: redis.Redis, store: Store, wrapper_client: WrapperClient, lead_store: LeadStore, reconciler
+) -> None:
+    # Given two overdue holds waiting on leads (one written), with the reconciler down so long
+    # that their records expired: only the user's open holds remain
+    r.set(holds.TenantKeys.of("acme").balance(USER), "10")
+    written, never = (reserve_for_lead(store, wrapper_client, k) for k in ("old-1", "old-2"))
+    lead_store.insert(the_lead(written))
+    for hold in (written, never):
+        overdue(r, hold)
+        r.delete(holds.TenantKeys.of("acme").hold(hold.hold_id))
+        r.delete(holds.TenantKeys.of("acme").idempotency(hold.idempotency_key))
+
+    # When the reconciler runs, then the written lead is charged and the other hold voided
+    report = reconciler.reconcile("acme")
+    assert (report.committed, report.voided) == (1, 1)
+    assert holds.balance(store, "acme", USER) == (8, 0)
+    assert lead_store.count("acme", charged=True) == 1
+
+
 def test_a_lead_whose_hold_redis_lost_is_charged_directly(
     r: redis.Redis, store: Store, wrapper_client: WrapperClient, lead_store: LeadStore, reconciler
 ) -> None:

@@ -41,7 +41,8 @@
 -- * void: an open hold's amount returns to `available`; voiding again is a no-op.
 --   {'voided', available} | {'replay'} | {'committed'} | {'unknown'}.
 -- * status: {'status', record} (an open hold's record says held; a closed one its end).
--- * sweep: {'swept', holdId, ref, ...} of the holds past their deadline waiting on a result.
+-- * sweep: {'swept', holdId, ref, key, ...} of the holds past their deadline waiting on a
+--   result (enough to commit or void them even once their record expired).
 -- * balance: {'balance', available or false, {held amounts}}.
 -- `available` changing bumps meta.version and publishes it with `written` 0, as a deduction
 -- does, so readers drop the balances they hold.
@@ -92,6 +93,7 @@ local function sweep()
             else
                 table.insert(waiting, id)
                 table.insert(waiting, hold.ref)
+                table.insert(waiting, hold.key)
             end
         end
     end
