@@ -90,10 +90,8 @@ class Reconciler:
             done = holds.commit(
                 self.store, tenant, hold_id, lead_id, ttl_s=self.ttl_s, record=waiting.record
             )
-        except (
-            HoldClosed,
-            HoldNotFound,
-        ) as exc:  # voided by hand: the charge check below charges it
+        except (HoldClosed, HoldNotFound) as exc:
+            # Voided by hand meanwhile: the lead's charge check charges it directly.
             logger.warning(
                 "tenant=%s lead %s exists, its hold %s: %s", tenant, lead_id, hold_id, exc
             )
