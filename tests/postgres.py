@@ -40,7 +40,7 @@ class ThrowawayDatabase:
     """A database of its own on a server (given, ours, or the machine's), dropped at the end."""
 
     def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
+        self.server_url = server_url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.name = f"crmcache_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
