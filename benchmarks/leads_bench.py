@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs[name].append(measure(port, path, args.connections, args.seconds))
     finally:
         postgres.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
     medians = {n: sorted(rs, key=lambda r: r.rps)[len(rs) // 2] for n, rs in runs.items()}
     baseline = medians[targets[0][0]].rps
