@@ -117,8 +117,9 @@ def free_port() -> int:
 @contextmanager
 def uvicorn_server(factory: str, env: dict[str, str]) -> Iterator[int]:
     port = free_port()
+    target = factory if ":" in factory else f"benchmarks.api_bench:{factory}"
     command = [
-        sys.executable, "-m", "uvicorn", f"benchmarks.api_bench:{factory}", "--factory",
+        sys.executable, "-m", "uvicorn", target, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     proc = subprocess.Popen(command, cwd=ROOT, env=env)

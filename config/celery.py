@@ -71,6 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "crmcache.apply_events": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE},
             "crmcache.preload_*": {"queue": PRELOAD_QUEUE, "routing_key": PRELOAD_QUEUE},
             "crmcache.settle_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
+            "crmcache.reconcile_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
             "crmcache.publish_metrics": {"queue": METRICS_QUEUE, "routing_key": METRICS_QUEUE},
         },
         # Task events cost a PUBLISH per task state; Flower switches workers' events on while it
@@ -90,6 +91,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "settle-credits-sweep": {
                 "task": "crmcache.settle_all",
                 "schedule": settings.settle_sweep_interval,
+            },
+            # Holds nobody finished, leads whose charge is not confirmed: crmcache/reconcile.py.
+            "reconcile-credits": {
+                "task": "crmcache.reconcile_credits",
+                "schedule": settings.reconcile_interval,
             },
         },
         "timezone": "UTC",

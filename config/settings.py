@@ -259,6 +259,23 @@ class Settings(BaseSettings):
     settle_max_retries: int = Field(
         default=10, ge=0, le=1000, validation_alias=_env("CRM_SETTLE_MAX_RETRIES")
     )
+    hold_timeout: float = Field(
+        default=30.0, gt=0, le=3600, validation_alias=_env("CRM_HOLD_TIMEOUT")
+    )
+    """Seconds a credit reservation waits for its commit before it voids itself."""
+    reconcile_interval: float = Field(
+        default=15.0, ge=1, le=3600, validation_alias=_env("CRM_RECONCILE_INTERVAL")
+    )
+    """Seconds between beat runs of the reconciler (overdue holds, leads not yet charged)."""
+    credits_low_threshold: str = Field(
+        default="", validation_alias=_env("CRM_CREDITS_LOW_THRESHOLD")
+    )
+    """``N`` for every tenant and/or ``tenant:N`` pairs, comma-separated; empty: no alerts."""
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///.crmcache/leads.sqlite3"),
+        validation_alias=_env("CRM_DATABASE_URL"),
+    )
+    """SQLAlchemy URL of the leads database (the SQLite default is relative to the cwd)."""
 
     # --- Flower ------------------------------------------------------------------------------
     flower_basic_auth: SecretStr | None = Field(
@@ -284,6 +301,7 @@ class Settings(BaseSettings):
         "redis_password",
         "redis_url",
         "celery_broker_url",
+        "database_url",
         mode="after",
     )
     @classmethod
@@ -301,6 +319,17 @@ class Settings(BaseSettings):
 
         parse_api_keys(value.get_secret_value())  # raises ValueError naming the bad entry
         return value
+
+    @field_validator("credits_low_threshold", mode="after")
+    @classmethod
+    def _check_low_threshold(cls, value: str) -> str:
+        _low_thresholds(value)  # raises ValueError naming the bad entry
+        return value
+
+    def low_balance_threshold(self, tenant: str) -> float | None:
+        """The tenant's low-balance threshold (CRM_CREDITS_LOW_THRESHOLD), None: no alerts."""
+        thresholds = _low_thresholds(self.credits_low_threshold)
+        return thresholds.get(tenant, thresholds.get("*"))
 
     @field_validator("tenants", mode="before")
     @classmethod
@@ -320,6 +349,12 @@ class Settings(BaseSettings):
                 "CRM_VISIBILITY_TIMEOUT must exceed CRM_TASK_TIME_LIMIT, or a running task is "
                 "delivered twice"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _holds_outlived_by_their_records(self) -> Settings:
+        if self.hold_timeout >= self.idempotency_ttl:
+            raise ValueError("CRM_HOLD_TIMEOUT must be below CRM_IDEMPOTENCY_TTL")
         return self
 
     @model_validator(mode="after")
@@ -365,6 +400,21 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.celery_broker_url or self.cache_url
+
+
+def _low_thresholds(text: str) -> dict[str, float]:
+    """``"5,acme:10"`` -> {"*": 5.0, "acme": 10.0}."""
+    thresholds: dict[str, float] = {}
+    for position, entry in enumerate(filter(None, (p.strip() for p in text.split(","))), 1):
+        tenant, _, number = entry.rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            raise ValueError(f"entry {position} is not N or tenant:N") from None
+        if not (value >= 0 and (not tenant or is_valid_tenant(tenant))):
+            raise ValueError(f"entry {position} is not N or tenant:N with N >= 0")
+        thresholds[tenant or "*"] = value
+    return thresholds
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,7 +1,9 @@
 """Credits: read-through balances and deductions charged exactly once (design §3, credits).
 
 A deduction is one Lua script (``lua/deduct_credits.lua``): idempotency check, balance check,
-decrement, the lead, the outbox entry and the idempotency record, all or nothing. The outbox is
+decrement, the outbox entry and the idempotency record, all or nothing. Work that may fail
+after the money is taken (a lead written to the database) reserves first instead
+(``crmcache.holds``). The outbox is
 settled with the Wrapper by ``settlement`` (the ``crmcache.settle_credits`` task).
 
 Two idempotency keys are in play: the client's (``Idempotency-Key``), remembered for
@@ -23,9 +25,6 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import redis
-from redis.cluster import RedisCluster
-
 from crmcache.errors import (
     BalanceUnknown,
     IdempotencyConflict,
@@ -34,7 +33,7 @@ from crmcache.errors import (
     WrapperError,
     WrapperNotFound,
 )
-from crmcache.keyspace import CREDIT_TENANTS, OUTBOX_GROUP, TenantKeys
+from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store, translate_errors
 from crmcache.wrapper import WrapperClient
 
@@ -91,7 +90,6 @@ class Deduction:
     """What one charge did; identical for the first call and every replay of its key."""
 
     deduction_id: str
-    lead_id: str | None
     user_id: str
     operation: str
     amount: Number
@@ -105,7 +103,6 @@ class Deduction:
     def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
         return cls(
             deduction_id=record["deductionId"],
-            lead_id=record.get("leadId") or None,
             user_id=record["userId"],
             operation=record["operationCode"],
             amount=as_number(record["amount"]),
@@ -149,20 +146,6 @@ def user_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str
     return balance if balance is not None else load_balance(store, wrapper, tenant, user_id)
 
 
-def replay(store: Store, tenant: str, key: str, request_fingerprint: str) -> Deduction | None:
-    """The stored deduction of `key` when it was made with the same request; None when the key
-    is unused; IdempotencyConflict when it was used for another request. A fast path before
-    the checks of a new charge (the Lua script checks again, atomically)."""
-    with translate_errors():
-        raw = store.redis.hgetall(TenantKeys.of(tenant).idempotency(validate_key(key)))
-    if not raw:
-        return None
-    record = {_text(k): _text(v) for k, v in raw.items()}
-    if record.get("fingerprint") != request_fingerprint:
-        raise IdempotencyConflict(_CONFLICT)
-    return Deduction.from_record(record, replayed=True)
-
-
 _CONFLICT = "this Idempotency-Key was already used with a different request"
 
 
@@ -176,35 +159,30 @@ def deduct(
     amount: Number | str,
     idempotency_key: str,
     request_fingerprint: str | None = None,
-    lead: dict[str, Any] | None = None,
     ttl_s: int = 86_400,
     read_through: Callable[[], Any] | None = None,
 ) -> Deduction:
     """Charge `amount` once per `idempotency_key` (see deduct_credits.lua).
 
-    `lead` (a JSON object with a ``leadId``) is stored in the same step. The fingerprint
-    defaults to (user, operation, amount). `read_through` fills a balance that is not cached
-    (the read side's ``get_user_credits_detail``, which shares one upstream fetch among
-    concurrent callers; its ``found`` False means the Wrapper knows no such user); by default
-    ``load_balance``. Raises InsufficientCredits, IdempotencyConflict, BalanceUnknown (only
-    when the Wrapper answered 404 for the user), StoreUnavailable (fail closed: Redis down, or a
-    balance read through that the cache did not keep) or WrapperUnavailable (balance not cached
-    and the Wrapper down: fail closed too).
+    The fingerprint defaults to (user, operation, amount). `read_through` fills a balance that
+    is not cached (the read side's ``get_user_credits_detail``, which shares one upstream fetch
+    among concurrent callers; its ``found`` False means the Wrapper knows no such user); by
+    default ``load_balance``. Raises InsufficientCredits, IdempotencyConflict, BalanceUnknown
+    (only when the Wrapper answered 404 for the user), StoreUnavailable (fail closed: Redis
+    down, or a balance read through that the cache did not keep) or WrapperUnavailable (balance
+    not cached and the Wrapper down: fail closed too).
     """
     keys = TenantKeys.of(tenant)
     amount_text = format_amount(amount)
     key = validate_key(idempotency_key)
     if request_fingerprint is None:
         request_fingerprint = fingerprint([user_id, operation, amount_text])
-    lead_id = str(lead["leadId"]) if lead is not None else ""
-    occurred_at = lead["createdAt"] if lead is not None and "createdAt" in lead else utc_now_iso()
+    occurred_at = utc_now_iso()
     args = [
         request_fingerprint,
         amount_text,
         f"ded_{uuid.uuid4().hex}",
         ttl_s * 1000,
-        lead_id,
-        json.dumps(lead, separators=(",", ":")) if lead is not None else "",
         user_id,
         operation,
         occurred_at,
@@ -216,19 +194,17 @@ def deduct(
     key_list = [
         keys.balance(user_id),
         keys.idempotency(key),
-        keys.leads,
         keys.credit_outbox,
         keys.settle_scheduled,
         keys.meta,
     ]
     for _attempt in range(3):
-        reply = _run_deduct(store, tenant, key_list, args)
+        reply = store.run_credit_script("deduct_credits", tenant, key_list, args)
         outcome = reply[0].decode()
         if outcome == "charged":
             remaining, _entry, enqueue = reply[1], reply[2], reply[3]
             return Deduction(
                 deduction_id=args[2],  # type: ignore[arg-type]
-                lead_id=lead_id or None,
                 user_id=user_id,
                 operation=operation,
                 amount=as_number(amount_text),
@@ -254,26 +230,6 @@ def deduct(
     # (restarted empty) or the read-through could not write it. The user exists: never say
     # "not found" for that; fail closed as for any other cache outage.
     raise StoreUnavailable(f"the balance of {user_id!r} could not be kept in the cache")
-
-
-def _run_deduct(store: Store, tenant: str, keys: list[str], args: list[Any]) -> Any:
-    """SADD the tenant to the settlement work list and run the script in one round trip."""
-    script = store.script("deduct_credits")
-    if isinstance(store.redis, RedisCluster):
-        # A Cluster pipeline cannot carry EVALSHA, and CREDIT_TENANTS lives in another slot.
-        with translate_errors():
-            store.redis.sadd(CREDIT_TENANTS, tenant)
-            return script(keys, args)
-    for _ in range(2):
-        with translate_errors():
-            pipe = store.redis.pipeline(transaction=False)
-            pipe.sadd(CREDIT_TENANTS, tenant)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()[1]
-            except redis.exceptions.NoScriptError:
-                store.redis.script_load(script.script)  # a restarted or flushed Redis
-    raise RuntimeError("deduct_credits.lua could not be loaded")
 
 
 def _text(value: bytes | str) -> str:

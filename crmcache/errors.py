@@ -63,3 +63,20 @@ class IdempotencyConflict(CrmCacheError):
 
 class BalanceUnknown(CrmCacheError):
     """The user's balance is neither cached nor obtainable from the Wrapper (unknown user)."""
+
+
+class HoldNotFound(CrmCacheError):
+    """No such credit hold in this tenant (never reserved, or its record expired)."""
+
+
+class HoldClosed(CrmCacheError):
+    """The hold can no longer do what was asked: `state` is committed, voided or expired."""
+
+    def __init__(self, hold_id: str, state: str) -> None:
+        super().__init__(f"hold {hold_id} is {state}")
+        self.hold_id = hold_id
+        self.state = state
+
+
+class LeadStoreUnavailable(CrmCacheError):
+    """The leads database could not be reached or did not answer in time."""

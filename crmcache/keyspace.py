@@ -37,17 +37,25 @@ P:metrics:snapshot             string  the last snapshot publish_metrics publish
 P:preload-request              string  SET NX PX: a reader of a not-ready tenant asks for
                                        one preload per interval
 P:balance:<userId>             string  available credits (decimal text), no TTL
-P:idempotency:<key>            hash    a deduction's idempotency record (fingerprint,
-                                       deductionId, leadId, amount, remaining, ...), 24 h TTL
-P:leads                        hash    leadId -> JSON lead (created by POST /api/leads)
+P:idempotency:<key>            hash    a deduction's or reservation's idempotency record
+                                       (fingerprint, deductionId or holdId, amount, ...), 24 h
+P:hold:<holdId>                hash    a reservation: userId, operationCode, amount, state
+                                       (held, committed, voided, expired), deadlineMs,
+                                       resultRef, deductionId; 24 h TTL once closed
+P:holds:<userId>               hash    the user's open holds: holdId -> JSON (amount,
+                                       deadline, operation, key, ref); held = their sum
+P:hold-deadlines:<userId>      zset    the user's open holds -> deadline ms (Redis clock)
+P:hold-users                   zset    users with open holds -> their earliest deadline
+                                       (the reconciler's work list)
 P:credit-outbox                stream  deductions not yet acknowledged by the Wrapper;
                                        consumer group ``settlers``; XDEL after the ack
 P:settle-scheduled             string  set while a settle_credits task is queued (coalescing)
 =============================  ======  ==============================================
 
-Channels: ``crm:<tenant>:<stream>`` (input from the Wrapper, see ``STREAMS``) and
+Channels: ``crm:<tenant>:<stream>`` (input from the Wrapper, see ``STREAMS``),
 ``crm:<tenant>:changes`` (published by the workers after every applied batch: the near-cache's
-coherence signal).
+coherence signal) and ``crm:<tenant>:credits-low`` (a user's available balance crossed below
+the tenant's threshold).
 
 Global keys: ``crm:dead-letters`` (stream of rejected messages), ``crm:dead-letters:count``,
 ``crm:subscriber:leader`` (the active subscriber's lease), ``crm:schedule:<job>``
@@ -203,9 +211,25 @@ class TenantKeys:
         """The idempotency record of one client-chosen key (see credits.validate_key)."""
         return f"{self.prefix}:idempotency:{key}"
 
+    def hold(self, hold_id: str) -> str:
+        """One reservation's record (see lua/credit_holds.lua)."""
+        return f"{self.prefix}:hold:{hold_id}"
+
+    def holds(self, user_id: str) -> str:
+        """The user's open holds: holdId -> JSON; the amounts sum to what is held."""
+        return f"{self.prefix}:holds:{user_id}"
+
+    def hold_deadlines(self, user_id: str) -> str:
+        return f"{self.prefix}:hold-deadlines:{user_id}"
+
     @property
-    def leads(self) -> str:
-        return f"{self.prefix}:leads"
+    def hold_users(self) -> str:
+        """Users with open holds -> their earliest deadline: the reconciler's work list."""
+        return f"{self.prefix}:hold-users"
+
+    @property
+    def credits_low_channel(self) -> str:
+        return f"{CHANNEL_PREFIX}{self.tenant}:credits-low"
 
     @property
     def credit_outbox(self) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from crmcache import keyspace
@@ -82,6 +83,57 @@ class Store:
             script = self.redis.register_script(keyspace.lua_source(name))
             self._scripts[name] = script
         return script
+
+    # --- credits ----------------------------------------------------------------------------
+
+    def run_credit_script(self, name: str, tenant: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a credit script (deductions, holds) and add the tenant to the settlement and
+        reconciliation work list (``crm:credit-tenants``), in one round trip."""
+        script = self.script(name)
+        if isinstance(self.redis, RedisCluster):
+            # A Cluster pipeline cannot carry EVALSHA, and CREDIT_TENANTS lives in another slot.
+            with translate_errors():
+                self.redis.sadd(keyspace.CREDIT_TENANTS, tenant)
+                return script(keys, args)
+        for _ in range(2):
+            with translate_errors():
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.sadd(keyspace.CREDIT_TENANTS, tenant)
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                try:
+                    return pipe.execute()[1]
+                except redis.exceptions.NoScriptError:
+                    self.redis.script_load(script.script)  # a restarted or flushed Redis
+        raise RuntimeError(f"{name}.lua could not be loaded")
+
+    def record(self, key: str) -> dict[str, str]:
+        """A hash as text (an idempotency or hold record); empty when there is none."""
+        with translate_errors():
+            raw = self.redis.hgetall(key)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def due_members(self, zset: str, limit: int) -> list[str]:
+        """Members of `zset` whose score (a deadline in ms) is not after Redis's clock."""
+        with translate_errors():
+            seconds, micros = self.redis.time()
+            now = seconds * 1000 + micros // 1000
+            members = self.redis.zrangebyscore(zset, "-inf", now, start=0, num=limit)
+        return [_text(m) for m in members if isinstance(m, bytes | str)]
+
+    def credit_tenants(self) -> list[str]:
+        """Tenants that ever deducted or reserved (the settlement and reconciler work list)."""
+        with translate_errors():
+            members = self.redis.smembers(keyspace.CREDIT_TENANTS)
+        return sorted(_text(m) for m in members)
+
+    def unschedule_settlement(self, tenant: str) -> None:
+        """Clear the 'a settle task is queued' flag, so the next charge enqueues one."""
+        with translate_errors():
+            self.redis.delete(TenantKeys.of(tenant).settle_scheduled)
+
+    def publish(self, channel: str, message: str) -> None:
+        with translate_errors():
+            self.redis.publish(channel, message)
 
     # --- events -----------------------------------------------------------------------------
 

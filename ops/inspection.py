@@ -188,9 +188,9 @@ def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, A
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.seq)
     pipe.zcard(keys.event_ids)
-    pipe.hlen(keys.leads)
+    pipe.zcard(keys.hold_users)
     pipe.xlen(keys.credit_outbox)
-    seq, event_ids, leads, outbox = pipe.execute()
+    seq, event_ids, holding, outbox = pipe.execute()
     return {
         "tenant": tenant,
         "ready": meta.get("ready") == "1",
@@ -200,7 +200,7 @@ def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, A
         "classes": classes,
         "references": refs,
         "balances": _balances(client, keys, limit),
-        "leads": int(leads),
+        "usersHoldingCredits": int(holding),
         "creditOutbox": int(outbox),
     }
 

@@ -1,4 +1,6 @@
-"""Credit settlement tasks: report the outbox to the Wrapper (see ``crmcache.settlement``)."""
+"""Credit tasks: settlement (report the outbox to the Wrapper, ``crmcache.settlement``) and the
+reconciler (holds past their deadline, leads whose charge is not confirmed,
+``crmcache.reconcile``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 from celery import Task
 
-from crmcache.errors import StoreUnavailable
+from crmcache.errors import LeadStoreUnavailable, StoreUnavailable
 from tasks import resources
 from tasks.celery import app
 
@@ -75,3 +77,36 @@ def settle_all(guard: bool = True, claim_idle_ms: int | None = None) -> dict[str
     for tenant in tenants:
         settle_credits.delay(tenant, claim_idle_ms=idle_ms)
     return {"skipped": False, "tenants": tenants}
+
+
+@app.task(
+    name="crmcache.reconcile_credits",
+    autoretry_for=(StoreUnavailable, LeadStoreUnavailable),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def reconcile_credits(guard: bool = True) -> dict[str, Any]:
+    """The reconciler's beat run over every tenant with credits or leads (see
+    ``crmcache.reconcile``). With `guard`, a second beat's run does nothing; the steps are
+    idempotent anyway."""
+    settings = resources.settings()
+    store = resources.store()
+    if guard and not store.claim_run(
+        "reconcile-credits", max(int(settings.reconcile_interval * 0.8), 1)
+    ):
+        return {"skipped": True}
+    reconciler = resources.reconciler()
+    lead_store = resources.lead_store()
+    tenants = (
+        set(store.credit_tenants())
+        | set(settings.tenants)
+        | set(lead_store.tenants_with_uncharged())
+    )
+    reports: dict[str, Any] = {}
+    for tenant in sorted(tenants):
+        report = reconciler.reconcile(tenant)
+        if report.settle:
+            settle_credits.delay(tenant)
+        reports[tenant] = report.as_dict()
+    return {"skipped": False, "tenants": reports}

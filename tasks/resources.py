@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 
 from config.settings import Settings, get_settings
+from crmcache.lead_store import LeadStore
 from crmcache.preload_runs import WrapperSlots
+from crmcache.reconcile import Reconciler
 from crmcache.redis_client import shared_redis
 from crmcache.settlement import Settler
 from crmcache.store import Store
@@ -38,4 +40,21 @@ def wrapper_slots() -> WrapperSlots:
     settings = get_settings()
     return WrapperSlots(
         store(), settings.preload_concurrency, (settings.task_time_limit + 5) * 1000
+    )
+
+
+@cache
+def lead_store() -> LeadStore:
+    return LeadStore(get_settings().database_url.get_secret_value())
+
+
+@cache
+def reconciler() -> Reconciler:
+    settings = get_settings()
+    return Reconciler(
+        store(),
+        wrapper(),
+        lead_store(),
+        timeout_s=settings.hold_timeout,
+        ttl_s=settings.idempotency_ttl,
     )

@@ -21,8 +21,11 @@ from tests.api_support import API_KEYS
 
 
 @pytest.fixture
-def api_settings(settings: Any) -> Any:
-    return settings.model_copy(update={"api_keys": SecretStr(API_KEYS)})
+def api_settings(settings: Any, lead_store: Any, database_url: str) -> Any:
+    """The API's settings: the test keys, and the (emptied) PostgreSQL leads database."""
+    return settings.model_copy(
+        update={"api_keys": SecretStr(API_KEYS), "database_url": SecretStr(database_url)}
+    )
 
 
 @pytest.fixture

@@ -100,6 +100,8 @@ def env(
         # An empty state directory: a `crmcache up` the developer runs in this checkout must
         # not lend its settings to the commands the tests run (ops/dev/devstate.py).
         "CRM_STATE_DIR": str(tmp_path_factory.mktemp("no-dev-stack")),
+        # Never the repository's state dir; tests of leads use PostgreSQL (``database_url``).
+        "CRM_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('leads')}/leads.sqlite3",
     }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -111,6 +113,47 @@ def env(
         else:
             os.environ[name] = old
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def database_url(env: dict[str, str]) -> Iterator[str]:
+    """A PostgreSQL database of the session (tests/postgres.py says how it is found), in the
+    environment as CRM_DATABASE_URL for every component started from now on."""
+    from config.settings import get_settings
+    from tests import postgres
+
+    try:
+        database, server, how = postgres.start()
+    except postgres.PostgresUnavailable as exc:
+        postgres.report(f"PostgreSQL run: did not happen ({exc})")
+        pytest.fail(f"cannot get a PostgreSQL database for the tests: {exc}")
+    postgres.report(f"PostgreSQL run: happened ({how})")
+    saved = os.environ["CRM_DATABASE_URL"]
+    os.environ["CRM_DATABASE_URL"] = database.url
+    get_settings.cache_clear()
+    from tasks import resources
+
+    resources.lead_store.cache_clear()  # a worker's tasks open the database on first use
+    resources.reconciler.cache_clear()
+    yield database.url
+    os.environ["CRM_DATABASE_URL"] = saved
+    get_settings.cache_clear()
+    database.drop()
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture
+def lead_store(database_url: str) -> Iterator[Any]:
+    """The leads database, emptied before each test."""
+    from crmcache.lead_store import LeadStore, leads
+
+    store = LeadStore(database_url)
+    store.create_schema()
+    with store.engine.begin() as conn:
+        conn.execute(leads.delete())
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ def post_lead(api: Client, key: str, body: Any = None, headers: Any = None) -> A
 
 
 def test_a_lead_is_created_charged_and_settled(
-    api: Client, r: redis.Redis, wrapper: Any, worker: Any
+    api: Client, r: redis.Redis, wrapper: Any, worker: Any, lead_store: Any
 ) -> None:
     # When user-456 (100 credits, sales role) creates a lead
     response = post_lead(api, "lead-ok")
@@ -171,7 +171,9 @@ def test_a_lead_is_created_charged_and_settled(
     body = response.json()
     assert (body["creditsDeducted"], body["remainingCredits"]) == (1, 99)
     assert body["leadId"].startswith("lead_")
-    assert r.hexists(KEYS.leads, body["leadId"])
+    stored = lead_store.get("acme", body["leadId"])
+    assert stored is not None and stored.charged and stored.user_id == "user-456"
+    assert stored.lead_data["name"] == "Jane Prospect"
     assert "idempotent-replayed" not in response.headers
     # And the API enqueued the settlement: the Wrapper is charged once
     wait_until(lambda: wrapper.consumed, timeout=15, what="settlement")
@@ -180,22 +182,22 @@ def test_a_lead_is_created_charged_and_settled(
     wait_until(lambda: r.xlen(KEYS.credit_outbox) == 0, timeout=10, what="outbox empty")
 
 
-def test_a_lead_without_the_permission_is_403(api: Client, r: redis.Redis) -> None:
+def test_a_lead_without_the_permission_is_403(api: Client, lead_store: Any) -> None:
     for user in ("user-viewer", "user-789"):  # no crm.leads.create; suspended
         is_error(post_lead(api, f"k-{user}", lead_body(user)), 403, "forbidden")
-    assert not r.exists(KEYS.leads)
+    assert lead_store.count("acme") == 0
 
 
-def test_a_lead_without_enough_credits_is_402(api: Client, r: redis.Redis) -> None:
+def test_a_lead_without_enough_credits_is_402(api: Client, r: redis.Redis, lead_store: Any) -> None:
     r.set(KEYS.balance("user-456"), "0")
     response = post_lead(api, "k-broke")
     is_error(response, 402, "insufficient_credits")
     assert (response.json()["availableCredits"], response.json()["creditCost"]) == (0, 1)
-    assert not r.exists(KEYS.leads)
+    assert lead_store.count("acme") == 0
 
 
 def test_a_lead_when_lead_creation_is_not_configured_is_409(
-    serve: Any, preload: Any, wrapper: Any, r: redis.Redis
+    serve: Any, preload: Any, wrapper: Any, r: redis.Redis, lead_store: Any
 ) -> None:
     # Given acme without a crm.leads.create cost
     wrapper.delete_credit_cost("acme", "crm.leads.create", publish=False)
@@ -203,7 +205,7 @@ def test_a_lead_when_lead_creation_is_not_configured_is_409(
     with serve() as client:
         # When a lead is created, then 409 and nothing is charged
         is_error(post_lead(client, "k-unconfigured"), 409, "operation_not_configured")
-    assert not r.exists(KEYS.leads, KEYS.balance("user-456"))
+    assert lead_store.count("acme") == 0 and not r.exists(KEYS.balance("user-456"))
 
 
 def test_a_lead_costing_zero_is_created_without_a_charge(
@@ -220,7 +222,7 @@ def test_a_lead_costing_zero_is_created_without_a_charge(
     assert not r.exists(KEYS.credit_outbox)
 
 
-def test_an_invalid_lead_is_422(api: Client, r: redis.Redis) -> None:
+def test_an_invalid_lead_is_422(api: Client, lead_store: Any) -> None:
     bad_bodies = [
         {"userId": "user-456"},
         {"userId": "user-456", "leadData": {}},
@@ -234,7 +236,7 @@ def test_an_invalid_lead_is_422(api: Client, r: redis.Redis) -> None:
     ]
     for i, body in enumerate(bad_bodies):
         is_error(post_lead(api, f"k-bad-{i}", body), 422, "invalid_request")
-    assert not r.exists(KEYS.leads)
+    assert lead_store.count("acme") == 0
 
 
 def test_a_lead_needs_an_idempotency_key(api: Client) -> None:
@@ -252,7 +254,7 @@ def test_a_body_that_is_not_json_is_422_and_an_oversized_one_413(api: Client) ->
 
 
 def test_a_replayed_key_returns_the_first_answer_and_a_changed_body_is_409(
-    api: Client, r: redis.Redis
+    api: Client, r: redis.Redis, lead_store: Any
 ) -> None:
     first = post_lead(api, "k-replay")
     again = post_lead(api, "k-replay")
@@ -261,7 +263,7 @@ def test_a_replayed_key_returns_the_first_answer_and_a_changed_body_is_409(
     is_error(
         post_lead(api, "k-replay", lead_body(name="Someone Else")), 409, "idempotency_key_reused"
     )
-    assert r.hlen(KEYS.leads) == 1 and r.get(KEYS.balance("user-456")) == b"99"
+    assert lead_store.count("acme") == 1 and r.get(KEYS.balance("user-456")) == b"99"
 
 
 # --- the seed's usage example and operations --------------------------------------------------

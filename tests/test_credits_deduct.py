@@ -45,20 +45,20 @@ def outbox(r: redis.Redis) -> list[dict[bytes, bytes]]:
     return [fields for _, fields in r.xrange(ACME.credit_outbox)]
 
 
-def test_a_deduction_decrements_stores_the_lead_and_queues_the_settlement(
+def test_a_deduction_decrements_and_queues_the_settlement(
     r: redis.Redis, store: Store, wrapper_client: WrapperClient
 ) -> None:
     # Given a cached balance of 10
     r.set(ACME.balance("user-456"), "10")
-    lead = {"leadId": "lead-1", "createdAt": "2026-01-01T00:00:00.000Z"}
 
-    # When 3 credits are deducted with a lead
-    result = deduct(store, wrapper_client, "k-1", amount=3, lead=lead)
+    # When 3 credits are deducted
+    result = deduct(store, wrapper_client, "k-1", amount=3)
 
-    # Then the balance, the lead, the outbox entry and the idempotency record all exist
+    # Then the balance, the outbox entry and the idempotency record all exist (no lead: leads
+    # live in the database, see tests/test_leads.py)
     assert (result.amount, result.remaining, result.replayed) == (3, 7, False)
     assert r.get(ACME.balance("user-456")) == b"7"
-    assert r.hget(ACME.leads, "lead-1") is not None
+    assert not r.keys("crm:{acme}:leads*")
     [entry] = outbox(r)
     assert entry[b"deductionId"] == result.deduction_id.encode()
     assert entry[b"amount"] == b"3" and entry[b"idempotencyKey"] == b"k-1"
@@ -136,25 +136,18 @@ def test_the_same_key_replays_the_first_answer_and_charges_once(
     r.set(ACME.balance("user-456"), "10")
 
     # When the same deduction is sent 10 times, 8 of them concurrently
-    first = deduct(store, wrapper_client, "k-same", lead={"leadId": "lead-a"})
+    first = deduct(store, wrapper_client, "k-same")
     with ThreadPoolExecutor(8) as pool:
-        concurrent = list(
-            pool.map(
-                lambda i: deduct(store, wrapper_client, "k-same", lead={"leadId": f"lead-{i}"}),
-                range(8),
-            )
-        )
+        concurrent = list(pool.map(lambda i: deduct(store, wrapper_client, "k-same"), range(8)))
     last = deduct(store, wrapper_client, "k-same")
 
-    # Then one charge, one lead, one outbox entry, and every answer is the first one
+    # Then one charge, one outbox entry, and every answer is the first one
     assert r.get(ACME.balance("user-456")) == b"9"
-    assert r.hkeys(ACME.leads) == [b"lead-a"]
     assert len(outbox(r)) == 1
     for answer in [*concurrent, last]:
         assert answer.replayed
-        assert (answer.deduction_id, answer.lead_id, answer.amount, answer.remaining) == (
+        assert (answer.deduction_id, answer.amount, answer.remaining) == (
             first.deduction_id,
-            "lead-a",
             1,
             9,
         )
@@ -174,18 +167,18 @@ def test_the_same_key_with_another_request_is_a_conflict(
     assert len(outbox(r)) == 1
 
 
-def test_a_cost_of_zero_records_the_lead_without_an_outbox_entry(
+def test_a_cost_of_zero_is_recorded_without_an_outbox_entry(
     r: redis.Redis, store: Store, wrapper_client: WrapperClient
 ) -> None:
     # Given a balance of 0 and an operation that costs 0
     r.set(ACME.balance("user-456"), "0")
 
     # When it is charged
-    result = deduct(store, wrapper_client, "k-free", amount=0, lead={"leadId": "lead-free"})
+    result = deduct(store, wrapper_client, "k-free", amount=0)
 
-    # Then the lead exists, the balance is untouched and there is nothing to settle
+    # Then it is recorded, the balance is untouched and there is nothing to settle
     assert (result.amount, result.remaining) == (0, 0)
-    assert r.hexists(ACME.leads, "lead-free")
+    assert r.exists(ACME.idempotency("k-free"))
     assert not r.exists(ACME.credit_outbox)
 
 
@@ -233,7 +226,7 @@ def test_1000_concurrent_deductions_against_500_credits_charge_exactly_500(
     # When 1,000 one-credit deductions race on 16 threads
     def attempt(i: int) -> credits.Deduction | None:
         try:
-            return deduct(store, wrapper_client, f"k-race-{i}", lead={"leadId": f"lead-{i}"})
+            return deduct(store, wrapper_client, f"k-race-{i}")
         except InsufficientCredits:
             return None
 
@@ -249,7 +242,7 @@ def test_1000_concurrent_deductions_against_500_credits_charge_exactly_500(
     assert len(charged) == 500
     assert sorted(res.remaining for res in charged) == list(range(500))
     assert r.get(ACME.balance("user-456")) == b"0"
-    assert r.hlen(ACME.leads) == 500 and r.xlen(ACME.credit_outbox) == 500
+    assert r.xlen(ACME.credit_outbox) == 500
     assert min(seen) >= 0
 
 

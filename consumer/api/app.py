@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from config.settings import Settings, get_settings
-from consumer.api import routes_credits, routes_ops, routes_users
+from consumer.api import routes_credits, routes_ops, routes_reservations, routes_users
 from consumer.api.auth import ApiKeyAuth, document_security
 from consumer.api.errors import install_error_handlers
 from consumer.api.hot import HotReads
@@ -67,6 +67,7 @@ def create_app(
     app.add_middleware(HotReads, service=service)  # outermost: it does its own key check
     document_security(app)
     app.include_router(routes_credits.router)
+    app.include_router(routes_reservations.router)
     app.include_router(routes_users.router)
     app.include_router(routes_ops.router)
     return app

@@ -17,8 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from crmcache.errors import (
     BalanceUnknown,
     CrmCacheError,
+    HoldClosed,
+    HoldNotFound,
     IdempotencyConflict,
     InsufficientCredits,
+    LeadStoreUnavailable,
     StoreUnavailable,
     TenantNotReady,
     WrapperNotFound,
@@ -57,6 +60,9 @@ def _json(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
 
 # Project exceptions a route lets through: status, error code, whether the detail is safe.
 _MAPPED: tuple[tuple[type[Exception], int, str, str], ...] = (
+    (HoldNotFound, 404, "hold_not_found", "no such reservation"),
+    (HoldClosed, 409, "hold_closed", ""),
+    (LeadStoreUnavailable, 503, "database_unavailable", "the leads database is unavailable"),
     (InsufficientCredits, 402, "insufficient_credits", ""),
     (IdempotencyConflict, 409, "idempotency_key_reused", ""),
     (BalanceUnknown, 404, "user_not_found", ""),

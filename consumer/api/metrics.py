@@ -73,6 +73,12 @@ class ApiMetrics:
             ["tenant", "outcome"],
             registry=self.registry,
         )
+        self.credits_low = Counter(
+            "crmcache_credits_low",
+            "Users whose available balance crossed below the tenant's low-balance threshold",
+            ["tenant"],
+            registry=self.registry,
+        )
         self.registry.register(ReaderCollector(readers))
 
     def render(self) -> bytes:

@@ -48,6 +48,59 @@ class LeadCreated(BaseModel):
     remainingCredits: Number
 
 
+class Lead(BaseModel):
+    """A lead as stored in the leads database."""
+
+    leadId: str
+    userId: str
+    leadData: dict[str, Any]
+    createdAt: str
+    creditsDeducted: Number
+
+
+class ReserveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    userId: Ident
+    operation: Ident
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="credits to hold; by default the operation's cost"
+    )
+
+
+class CommitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resultRef: Annotated[str, Field(max_length=256, pattern=r"^[!-~]*$")] = Field(
+        default="", description="what the credits paid for (kept with the charge)"
+    )
+
+
+class Reservation(BaseModel):
+    holdId: str
+    userId: str
+    operation: str
+    amount: Number
+    state: str = Field(description="held, committed, voided or expired")
+    availableCredits: Number = Field(description="the user's available credits after reserving")
+    expiresAt: str = Field(description="ISO-8601 UTC: an open hold voids itself then")
+    resultRef: str = ""
+
+
+class ReservationClosed(BaseModel):
+    holdId: str
+    state: str
+    deductionId: str | None = None
+    resultRef: str | None = None
+    availableCredits: Number | None = None
+
+
+class CreditBalance(BaseModel):
+    userId: str
+    availableCredits: Number
+    heldCredits: Number
+
+
 class CreditValidation(BaseModel):
     operation: str
     creditCost: Number

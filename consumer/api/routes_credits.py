@@ -1,11 +1,11 @@
-"""``GET /api/credits/validate`` and ``POST /api/leads``: the endpoints that move money."""
+"""``GET /api/credits/validate``, ``POST /api/leads`` and ``GET /api/leads/{leadId}``."""
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
@@ -17,15 +17,14 @@ from consumer.api.models import (
     CreateLeadRequest,
     CreditValidation,
     ErrorResponse,
+    Lead,
     LeadCreated,
 )
-from crmcache import credits
-from crmcache.errors import InsufficientCredits
+from crmcache import credits, leads
+from crmcache.errors import HoldClosed, InsufficientCredits
+from crmcache.leads import LEAD_OPERATION
 
 router = APIRouter(tags=["credits"])
-
-LEAD_OPERATION = "crm.leads.create"
-"""The operation a lead costs, and the permission it needs."""
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or unknown API key"},
@@ -111,24 +110,29 @@ def create_lead(
     ],
 ) -> LeadCreated:
     tenant, service = tenant_of(request), service_of(request)
-    request_fingerprint = credits.fingerprint(
-        ["POST /api/leads", body.userId, body.leadData.model_dump(mode="json")]
+    lead_request = leads.LeadRequest(
+        tenant=tenant,
+        user_id=body.userId,
+        lead_data=body.leadData.model_dump(mode="json", exclude_none=True),
+        cost=0,
+        idempotency_key=idempotency_key,
+        fingerprint=credits.fingerprint(
+            ["POST /api/leads", body.userId, body.leadData.model_dump(mode="json")]
+        ),
     )
-    prior = credits.replay(service.store, tenant, idempotency_key, request_fingerprint)
-    if prior is None:
-        prior = _charge_new_lead(service, tenant, body, idempotency_key, request_fingerprint)
-    if prior.replayed:
+    answer = leads.committed_replay(service.store, lead_request)
+    if answer is None:
+        answer = _charge_new_lead(service, lead_request)
+    if answer.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    service.metrics.deductions.labels(tenant, "replayed" if prior.replayed else "charged").inc()
-    assert prior.lead_id is not None
+    service.metrics.deductions.labels(tenant, "replayed" if answer.replayed else "charged").inc()
     return LeadCreated(
-        leadId=prior.lead_id, creditsDeducted=prior.amount, remainingCredits=prior.remaining
+        leadId=answer.lead_id, creditsDeducted=answer.amount, remainingCredits=answer.remaining
     )
 
 
-def _charge_new_lead(
-    service: Any, tenant: str, body: CreateLeadRequest, key: str, request_fingerprint: str
-) -> credits.Deduction:
+def _charge_new_lead(service: Any, lead_request: leads.LeadRequest) -> leads.LeadCharged:
+    tenant, user_id = lead_request.tenant, lead_request.user_id
     reader = service.readers.get(tenant)
     cost = reader.get_credit_cost(LEAD_OPERATION)
     if cost is None:  # 0 is a cost
@@ -138,34 +142,23 @@ def _charge_new_lead(
             "lead creation is not configured",
             operation=LEAD_OPERATION,
         )
-    if not reader.check_permission(body.userId, LEAD_OPERATION):
+    if not reader.check_permission(user_id, LEAD_OPERATION):
         raise ApiError(
             403,
             "forbidden",
             f"the user may not {LEAD_OPERATION}",
-            userId=body.userId,
+            userId=user_id,
             permission=LEAD_OPERATION,
         )
-    lead = {
-        "leadId": f"lead_{uuid.uuid4().hex}",
-        "userId": body.userId,
-        "leadData": body.leadData.model_dump(mode="json", exclude_none=True),
-        "createdAt": credits.utc_now_iso(),
-        "creditsDeducted": cost,
-    }
     try:
-        deduction = credits.deduct(
+        answer = leads.create_lead(
             service.store,
             service.wrapper,
-            tenant,
-            user_id=body.userId,
-            operation=LEAD_OPERATION,
-            amount=cost,
-            idempotency_key=key,
-            request_fingerprint=request_fingerprint,
-            lead=lead,
+            service.lead_store,
+            dataclasses.replace(lead_request, cost=cost),
+            timeout_s=service.settings.hold_timeout,
             ttl_s=service.settings.idempotency_ttl,
-            read_through=lambda: reader.get_user_credits_detail(body.userId),
+            read_through=lambda: reader.get_user_credits_detail(user_id),
         )
     except InsufficientCredits as exc:
         service.metrics.deductions.labels(tenant, "insufficient").inc()
@@ -176,6 +169,30 @@ def _charge_new_lead(
             availableCredits=credits.as_number(exc.available),
             creditCost=credits.as_number(exc.required),
         ) from None
-    if deduction.settle_now:
-        service.settle_soon(tenant)
-    return deduction
+    except HoldClosed:
+        raise ApiError(
+            503,
+            "lead_timed_out",
+            "the lead was not written before its reservation timed out; nothing was charged: retry",
+        ) from None
+    service.after_charge(tenant, answer.hold, answer.settle_now)
+    return answer
+
+
+@router.get(
+    "/api/leads/{leadId}",
+    response_model=Lead,
+    responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "no such lead"}},
+    summary="A lead created through POST /api/leads (only the caller's tenant's)",
+)
+def get_lead(
+    request: Request,
+    leadId: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+) -> Lead:
+    tenant, service = tenant_of(request), service_of(request)
+    lead = service.lead_store.get(tenant, leadId)
+    if lead is None:
+        raise ApiError(404, "lead_not_found", "no such lead", leadId=leadId)
+    body = lead.as_json()
+    body["creditsDeducted"] = credits.as_number(lead.credits)
+    return Lead(**body)

@@ -14,8 +14,11 @@ from config.celery import CREDITS_QUEUE, celery_config
 from config.settings import Settings
 from consumer.api.metrics import ApiMetrics
 from consumer.api.readers import ReaderFactory, Readers
+from crmcache import credits_low
 from crmcache.errors import StoreUnavailable
+from crmcache.holds import Hold
 from crmcache.keyspace import TenantKeys, lua_source
+from crmcache.lead_store import LeadStore
 from crmcache.redis_client import make_async_redis, make_redis
 from crmcache.store import Store, translate_errors
 from crmcache.wrapper import WrapperClient
@@ -61,6 +64,7 @@ class ApiService:
         self.wrapper = WrapperClient(settings)
         self.readers = Readers(settings, reader_factory)
         self.settlement = SettlementQueue(settings)
+        self.lead_store = LeadStore(settings.database_url.get_secret_value())
         self.metrics = ApiMetrics(self.readers)
         self.async_redis: redis.asyncio.Redis | None = None
         """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
@@ -108,6 +112,18 @@ class ApiService:
         except StoreUnavailable:
             pass
 
+    def after_charge(self, tenant: str, hold: Hold | None, settle_now: bool) -> None:
+        """Enqueue settlement when asked; count and announce a balance crossing below the
+        tenant's low-balance threshold."""
+        if settle_now:
+            self.settle_soon(tenant)
+        if hold is None or hold.replayed:
+            return
+        threshold = self.settings.low_balance_threshold(tenant)
+        before, after = hold.available_before, hold.available
+        if credits_low.notice(self.store, tenant, hold.user_id, before, after, threshold):
+            self.metrics.credits_low.labels(tenant).inc()
+
     def redis_ok(self) -> bool:
         try:
             with translate_errors():
@@ -119,4 +135,5 @@ class ApiService:
         self.readers.close()
         self.settlement.close()
         self.wrapper.close()
+        self.lead_store.close()
         self.redis.close()

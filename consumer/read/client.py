@@ -29,8 +29,9 @@ from consumer.read.balances import BalanceReader
 from consumer.read.connection import ReaderConnection
 from consumer.read.critical import CriticalReader
 from consumer.read.metrics import ReadMetrics
-from consumer.read.readiness import PreloadRequests, enqueue_settlement
+from consumer.read.readiness import PreloadRequests
 from consumer.read.reference import ReferenceReader
+from consumer.read.reservations import CreditHold, Reservations
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import RefKind, TenantKeys
@@ -84,6 +85,14 @@ class SmartCRMConsumer:
             self._wrapper_client,
             self._metrics,
             self._reference.local,
+        )
+        self.reservations = Reservations(
+            self.tenant,
+            self.settings,
+            self._store,
+            self._wrapper_client,
+            self.get_user_credits_detail,
+            self.get_credit_cost,
         )
         self._background = Background.for_settings(self.settings)
         self._started_pid = 0
@@ -257,30 +266,20 @@ class SmartCRMConsumer:
     ) -> Deduction:
         """Charge ``amount`` once per ``idempotency_key`` (``crmcache.credits.deduct``: one
         atomic Lua step, never negative, reported to the Wrapper exactly once by the
-        settlement task). A balance not cached is read through like ``get_user_credits``.
-        Fails closed: ``StoreUnavailable`` while Redis is down (never a stale balance),
-        ``InsufficientCredits``, ``IdempotencyConflict``, ``BalanceUnknown``."""
-        from crmcache import credits
-
+        settlement task); a balance not cached is read through. Fails closed: StoreUnavailable
+        while Redis is down, InsufficientCredits, IdempotencyConflict, BalanceUnknown."""
         if self._conn.is_down:
             raise StoreUnavailable("Redis unreachable: deductions fail closed")
-        deduction = credits.deduct(
-            self._store,
-            self._wrapper_client(),
-            self.tenant,
-            user_id=user_id,
-            operation=operation,
-            amount=amount,
-            idempotency_key=idempotency_key,
-            ttl_s=self.settings.idempotency_ttl,
-            read_through=lambda: self.get_user_credits_detail(user_id),
-        )
-        if deduction.settle_now and not enqueue_settlement(self.tenant):
-            # Let the next deduction try to enqueue rather than wait for the flag to expire.
-            self._try(
-                lambda: self._conn.run(lambda: self._conn.client.delete(self.keys.settle_scheduled))
-            )
-        return deduction
+        return self.reservations.deduct(user_id, amount, idempotency_key, operation)
+
+    def reserve_credits(
+        self, user_id: str, operation: str, idempotency_key: str, *, amount: Number | None = None
+    ) -> CreditHold:
+        """Hold the cost of ``operation`` (or ``amount``) until commit or void, at most
+        CRM_HOLD_TIMEOUT s; fails closed (consumer/read/reservations.py, also for by-id use)."""
+        if self._conn.is_down:
+            raise StoreUnavailable("Redis unreachable: reservations fail closed")
+        return self.reservations.reserve(user_id, operation, idempotency_key, amount)
 
     def get_cache_expiry(self, key: str) -> float | None:
         """When the cached entry ``key`` stops being fresh, epoch seconds; None when nothing
@@ -318,6 +317,7 @@ class SmartCRMConsumer:
                     "trusted": time.monotonic() < near.trusted_until,
                 },
                 "preloadRequests": self._preloads.sent,
+                "creditsLowCrossings": self.reservations.low_balance_crossings,
                 "wrapperBreaker": (
                     self._wrapper.breaker_state(self.tenant) if self._wrapper else "closed"
                 ),

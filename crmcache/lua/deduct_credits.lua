@@ -2,23 +2,20 @@
 --
 -- KEYS[1]  crm:{t}:balance:<userId>     string: available credits (decimal text)
 -- KEYS[2]  crm:{t}:idempotency:<key>    hash: the key's record (see below), expires
--- KEYS[3]  crm:{t}:leads                hash: leadId -> JSON lead
--- KEYS[4]  crm:{t}:credit-outbox        stream: deductions the Wrapper has not acknowledged
--- KEYS[5]  crm:{t}:settle-scheduled     string: set while a settle task is queued
--- KEYS[6]  crm:{t}:meta                 hash: `version` is bumped by a charge
+-- KEYS[3]  crm:{t}:credit-outbox        stream: deductions the Wrapper has not acknowledged
+-- KEYS[4]  crm:{t}:settle-scheduled     string: set while a settle task is queued
+-- KEYS[5]  crm:{t}:meta                 hash: `version` is bumped by a charge
 -- ARGV[1]  request fingerprint (hex digest of what the client asked for)
 -- ARGV[2]  amount: decimal text >= 0
 -- ARGV[3]  deductionId (new, unique): the idempotency key the Wrapper is sent
 -- ARGV[4]  idempotency record TTL in ms
--- ARGV[5]  leadId, or '' for a deduction without a lead
--- ARGV[6]  the lead as JSON, or ''
--- ARGV[7]  userId
--- ARGV[8]  operationCode
--- ARGV[9]  occurredAt (ISO-8601)
--- ARGV[10] the client's idempotency key (kept in the outbox entry for audit)
--- ARGV[11] settle-scheduled TTL in ms
--- ARGV[12] outbox consumer group name
--- ARGV[13] change-notification channel (crm:<t>:changes)
+-- ARGV[5]  userId
+-- ARGV[6]  operationCode
+-- ARGV[7]  occurredAt (ISO-8601)
+-- ARGV[8]  the client's idempotency key (kept in the outbox entry for audit)
+-- ARGV[9]  settle-scheduled TTL in ms
+-- ARGV[10] outbox consumer group name
+-- ARGV[11] change-notification channel (crm:<t>:changes)
 --
 -- Guarantees (design §3, credits): all or nothing, in one step:
 -- * a key already recorded with the same fingerprint returns {'replay', <record>} and changes
@@ -26,17 +23,15 @@
 -- * a balance not cached returns {'no-balance'}: the caller reads it through and retries;
 -- * a balance below the amount returns {'insufficient', balance}: nothing charged or recorded
 --   (so the same key may succeed after a top-up);
--- * otherwise the balance is decremented (never below 0), the lead stored, the deduction
---   appended to the outbox (amount > 0 only), the record kept for the TTL, and
---   {'charged', remaining, outbox entry id or '', 1 if the caller must enqueue settlement}
---   returned;
+-- * otherwise the balance is decremented (never below 0), the deduction appended to the
+--   outbox (amount > 0 only), the record kept for the TTL, and {'charged', remaining,
+--   outbox entry id or '', 1 if the caller must enqueue settlement} returned;
 -- * a charge (amount > 0) bumps meta.version and publishes it with `written` 0 (no critical
 --   field changed), exactly like a batch of events that changed a balance: readers that keep
 --   balances in their near-cache drop them, and keep their costs and permissions.
 
-local balance_key, record_key, leads, outbox, scheduled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local balance_key, record_key, outbox, scheduled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local fingerprint, amount_text, deduction_id = ARGV[1], ARGV[2], ARGV[3]
-local lead_id, lead_json = ARGV[5], ARGV[6]
 
 local record = redis.call('HGETALL', record_key)
 if #record > 0 then
@@ -76,25 +71,21 @@ if amount > 0 then
         redis.call('SET', balance_key, remaining)
     end
     if redis.call('EXISTS', outbox) == 0 then
-        redis.call('XGROUP', 'CREATE', outbox, ARGV[12], '0', 'MKSTREAM')
+        redis.call('XGROUP', 'CREATE', outbox, ARGV[10], '0', 'MKSTREAM')
     end
     entry_id = redis.call('XADD', outbox, '*',
-        'deductionId', deduction_id, 'userId', ARGV[7], 'operationCode', ARGV[8],
-        'amount', amount_text, 'occurredAt', ARGV[9], 'idempotencyKey', ARGV[10],
-        'leadId', lead_id)
-    if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[11]) then
+        'deductionId', deduction_id, 'userId', ARGV[5], 'operationCode', ARGV[6],
+        'amount', amount_text, 'occurredAt', ARGV[7], 'idempotencyKey', ARGV[8])
+    if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[9]) then
         enqueue = 1
     end
-    local version = redis.call('HINCRBY', KEYS[6], 'version', 1)
-    redis.call('PUBLISH', ARGV[13], cjson.encode({version = version, written = 0}))
+    local version = redis.call('HINCRBY', KEYS[5], 'version', 1)
+    redis.call('PUBLISH', ARGV[11], cjson.encode({version = version, written = 0}))
 end
 
-if lead_id ~= '' then
-    redis.call('HSET', leads, lead_id, lead_json)
-end
 redis.call('HSET', record_key,
-    'fingerprint', fingerprint, 'deductionId', deduction_id, 'leadId', lead_id,
-    'userId', ARGV[7], 'operationCode', ARGV[8], 'amount', amount_text,
-    'remaining', remaining, 'occurredAt', ARGV[9])
+    'fingerprint', fingerprint, 'deductionId', deduction_id,
+    'userId', ARGV[5], 'operationCode', ARGV[6], 'amount', amount_text,
+    'remaining', remaining, 'occurredAt', ARGV[7])
 redis.call('PEXPIRE', record_key, ARGV[4])
 return {'charged', remaining, entry_id, enqueue}

@@ -125,7 +125,8 @@ def render(contents: dict[str, Any]) -> None:
     if contents["balances"]:
         balances = ", ".join(f"{u} {b}" for u, b in contents["balances"].items())
         out.print(f"balances      {balances}")
-    out.print(f"leads {contents['leads']}, credit outbox {contents['creditOutbox']} unsettled")
+    holding, outbox = contents["usersHoldingCredits"], contents["creditOutbox"]
+    out.print(f"users holding credits {holding}, credit outbox {outbox} unsettled")
 
 
 def until(ms: int | None, now_ms: int | None = None) -> str:

@@ -151,6 +151,9 @@ class DevStack:
             env["WRAPPER_API_URL"] = f"http://127.0.0.1:{port}"
             self.info.sandbox = True
             self.info.wrapper_token = env["WRAPPER_API_TOKEN"]
+        if not env.get("CRM_DATABASE_URL"):  # leads: a SQLite file in the git-ignored state dir
+            state = Path(env.get("CRM_STATE_DIR") or Path(package_root()) / ".crmcache")
+            env["CRM_DATABASE_URL"] = f"sqlite:///{state / 'leads.sqlite3'}"
         self._apply(env)
 
     def _apply(self, env: dict[str, str]) -> None:
