@@ -49,6 +49,6 @@ def test_a_lead_whose_balance_redis_lost_is_503_never_404(
         # Then the lead is refused as "unavailable", not "no such user", and nothing is charged
         assert reply.status_code == 503, reply.text
         assert reply.json()["error"] == "cache_unavailable"
-        assert r.exists(KEYS.balance("user-456"), KEYS.credit_outbox, KEYS.leads) == 0
+        assert r.exists(KEYS.balance("user-456"), KEYS.credit_outbox) == 0
     finally:
         app.state.service.close()
