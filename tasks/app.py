@@ -7,10 +7,12 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 from config.amqp import TruncatingAMQP
 from config.celery import celery_config
+from config.redis_transport import patch_channel_close
 from config.settings import get_settings
 from crmcache.logging_config import configure_logging
 from tasks import log_context
 
+patch_channel_close()  # the worker survives its Redis broker dying mid-BRPOP
 app = Celery("crmcache", amqp=TruncatingAMQP)
 app.conf.update(celery_config(get_settings()))
 
