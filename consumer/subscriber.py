@@ -29,6 +29,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from consumer.batcher import Batcher
+from consumer.inflight import InFlight
 from consumer.lanes import LaneRouter
 from consumer.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
@@ -80,6 +81,13 @@ class Subscriber:
         for tenant, index in shard_of(settings.tenants, settings.subscriber_shards).items():
             self._tenants_on.setdefault(index, set()).add(tenant)
         self._shards: PubSubShards | None = None
+        self.inflight = InFlight(
+            self.store,
+            enqueuer,
+            self.stats,
+            settings.inflight_timeout,
+            settings.inflight_max_resends,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -193,6 +201,7 @@ class Subscriber:
         # starts only now that every subscription is confirmed.
         self.enqueuer.preload(None, "resubscribe")
         self.stats["resyncs"] += 1
+        self.inflight.clear()  # the resync supersedes whatever was in flight
         interval = self.settings.health_check_interval
         try:
             while not self.stopping:
@@ -206,6 +215,7 @@ class Subscriber:
                 idle = shards.read(self._receive, self.settings.batch_size, wait)
                 if self.batcher.due(time.monotonic(), idle):
                     self._flush(everything=idle)
+                self.inflight.check(time.monotonic())
         finally:
             self._flush(raise_errors=False)
             self._shards = None
@@ -316,7 +326,9 @@ class Subscriber:
                 bulk = self.lanes is not None and self.lanes.is_bulk(tenant)
                 size = self.settings.bulk_batch_size if bulk else self.settings.batch_size
                 for start in range(0, len(bodies), size):
-                    self.enqueuer.apply_events(tenant, bodies[start : start + size], bulk=bulk)
+                    chunk = bodies[start : start + size]
+                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk)
+                    self.inflight.sent(tenant, chunk, bulk, now)
                     self.stats["bulk_batches" if bulk else "batches"] += 1
                 self.stats["published"] += len(bodies)
         except (StoreUnavailable, KombuOperationalError, OSError) as exc:

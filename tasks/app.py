@@ -11,10 +11,12 @@ from config.redis_transport import patch_channel_close
 from config.settings import get_settings
 from crmcache.logging_config import configure_logging
 from tasks import log_context
+from tasks.pool_watchdog import PoolWatchdog
 
 patch_channel_close()  # the worker survives its Redis broker dying mid-BRPOP
 app = Celery("crmcache", amqp=TruncatingAMQP)
 app.conf.update(celery_config(get_settings()))
+app.steps["worker"].add(PoolWatchdog)
 
 
 @setup_logging.connect

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from crmcache.errors import InvalidEvent, InvalidTenant, StoreUnavailable
 from crmcache.events import Event
 from crmcache.tenancy import validate_tenant
@@ -29,7 +31,8 @@ def decode_batch(tenant: str, bodies: list[Any]) -> tuple[list[Event], list[tupl
 
 @app.task(
     name="crmcache.apply_events",
-    autoretry_for=(StoreUnavailable,),
+    # Past its soft time limit (config/celery.py) a batch runs again: its writes are idempotent.
+    autoretry_for=(StoreUnavailable, SoftTimeLimitExceeded),
     retry_backoff=True,
     retry_backoff_max=30,
     retry_jitter=True,
