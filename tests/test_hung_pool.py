@@ -183,3 +183,59 @@ def test_a_process_hung_mid_batch_is_killed_at_the_apply_time_limit_and_the_batc
     finally:
         app.close()
         proxy.close()
+
+
+@pytest.mark.slow
+def test_a_batch_stalled_past_its_soft_time_limit_is_retried(
+    private_redis: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, r, tmp = private_redis["server"], private_redis["r"], private_redis["tmp"]
+    proxy = TcpProxy(server.port)
+    # A Redis call may wait 10 s, the batch only 2 s before its soft time limit
+    env = {
+        **private_redis["env"],
+        "REDIS_URL": proxy.url,
+        "CRM_REDIS_SOCKET_TIMEOUT": "10",
+        "CRM_APPLY_SOFT_TIME_LIMIT": "2",
+        "CRM_APPLY_TIME_LIMIT": "20",
+    }
+    monkeypatch.setenv("CELERY_BROKER_URL", env["CELERY_BROKER_URL"])
+    app = Celery("soft-limit-test")
+    app.conf.update(celery_config(load_settings()))
+    costs = TenantKeys.of("stalled").values(DataClass.CREDIT_COSTS)
+    worker = Proc(worker_args(pool="prefork", concurrency=1), env, tmp / "worker.log")
+    try:
+        with running(worker):
+            app.send_task(
+                "crmcache.apply_events",
+                args=("stalled", [stamped("stalled", 1, cost_event("warm", 1))]),
+                queue=EVENTS_QUEUE,
+            )
+            wait_until(lambda: r.hget(costs, "warm"), timeout=60, what="warm-up task")
+            # Given Redis' side of the batch's call stalls (its command held in flight)
+            proxy.hold("up")
+            app.send_task(
+                "crmcache.apply_events",
+                args=("stalled", [stamped("stalled", 2, cost_event("c", 2))]),
+                queue=EVENTS_QUEUE,
+            )
+            wait_until(lambda: proxy.held_bytes > 0, timeout=20, what="the batch in flight")
+            # When the soft time limit interrupts it, and the stall ends (the stalled command
+            # itself never arrives)
+            wait_until(
+                lambda: "Soft time limit (2.0s) exceeded" in worker.output(),
+                timeout=10,
+                what=lambda: f"the soft time limit\n{worker.output()[-3000:]}",
+            )
+            proxy.cut_held()
+            # Then the batch runs again and is applied, without a process being killed
+            wait_until(
+                lambda: r.hget(costs, "c") == b"2",
+                timeout=15,
+                what=lambda: f"the retried batch\n{worker.output()[-3000:]}",
+            )
+            assert "retry: Retry in" in worker.output()
+            assert "Hard time limit" not in worker.output()
+    finally:
+        app.close()
+        proxy.close()
