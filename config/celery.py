@@ -47,6 +47,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": 10,
         "task_time_limit": settings.task_time_limit,
         "task_soft_time_limit": max(settings.task_time_limit - 5, 1),
+        # A batch takes milliseconds: a hung pool process must not hold it for the task-wide
+        # limit. The soft limit raises inside the task (retried, tasks/events.py); past the hard
+        # limit the process is killed and, instead of being acknowledged as failed, the batch
+        # is requeued. tasks/pool_watchdog.py enforces it on a process that hangs before it
+        # even reports the task started (Celery times a task only from then on).
+        "task_annotations": {
+            "crmcache.apply_events": {
+                "soft_time_limit": settings.apply_soft_time_limit,
+                "time_limit": settings.apply_time_limit,
+                "acks_on_timeout": False,
+            }
+        },
         # Redis transport: an unacknowledged message is redelivered after this many seconds; it
         # must exceed every task's time limit or a running task would be delivered twice.
         "broker_transport_options": {

@@ -170,6 +170,26 @@ class Settings(BaseSettings):
     publish_max_retries: int = Field(
         default=3, ge=0, le=20, validation_alias=_env("CRM_PUBLISH_MAX_RETRIES")
     )
+    apply_soft_time_limit: float = Field(
+        default=6.0, gt=0, le=3600, validation_alias=_env("CRM_APPLY_SOFT_TIME_LIMIT")
+    )
+    """Seconds: an apply_events task still running is interrupted and retried. A batch takes
+    milliseconds; keep this above CRM_REDIS_SOCKET_TIMEOUT so that a stalled Redis call fails
+    (and is retried) first."""
+    apply_time_limit: float = Field(
+        default=8.0, gt=0, le=3600, validation_alias=_env("CRM_APPLY_TIME_LIMIT")
+    )
+    """Seconds: the pool process of an apply_events task that has not finished, or not even
+    started, is killed and the batch goes to another process (tasks/pool_watchdog.py)."""
+    inflight_timeout: float = Field(
+        default=5.0, ge=0, le=30, validation_alias=_env("CRM_INFLIGHT_TIMEOUT")
+    )
+    """Seconds a batch the subscriber sent may stay unapplied before it sends it again
+    (consumer/ingest/inflight.py); 0: never re-send."""
+    inflight_max_resends: int = Field(
+        default=3, ge=0, le=100, validation_alias=_env("CRM_INFLIGHT_MAX_RESENDS")
+    )
+    """Re-sends of one batch before the subscriber gives up on it and resyncs its tenant."""
 
     # --- Logging ----------------------------------------------------------------------------
     log_level: str = Field(default="INFO", validation_alias=_env("CRM_LOG_LEVEL"))
@@ -355,6 +375,17 @@ class Settings(BaseSettings):
     def _holds_outlived_by_their_records(self) -> Settings:
         if self.hold_timeout >= self.idempotency_ttl:
             raise ValueError("CRM_HOLD_TIMEOUT must be below CRM_IDEMPOTENCY_TTL")
+        return self
+
+    @model_validator(mode="after")
+    def _apply_limits_ordered(self) -> Settings:
+        if self.apply_soft_time_limit >= self.apply_time_limit:
+            raise ValueError("CRM_APPLY_SOFT_TIME_LIMIT must be below CRM_APPLY_TIME_LIMIT")
+        if self.apply_time_limit >= self.visibility_timeout:
+            raise ValueError(
+                "CRM_VISIBILITY_TIMEOUT must exceed CRM_APPLY_TIME_LIMIT, or a running batch "
+                "is delivered twice"
+            )
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,9 @@ P:meta                         hash    ready, version, last-event-ms, last-prelo
                                        Redis lost the data, so versions restarted)
 P:seq                          string  per-tenant receipt sequence (INCRBY by the subscriber)
 P:event-ids                    zset    eventId -> applied-at ms (dedupe window)
+P:applied-batches              zset    highest stamp of each applied batch -> applied-at
+                                       ms, for 30 s: the subscriber re-sends a batch it
+                                       does not see here (consumer/ingest/inflight.py)
 P:ref:profile:<userId>         hash    read-through entry: value (JSON), fetched-ms,
                                        expires-ms; kept past expires-ms (key TTL) only
                                        for stale-if-error; a cached 404 has not-found=1
@@ -169,6 +172,11 @@ class TenantKeys:
     @property
     def event_ids(self) -> str:
         return f"{self.prefix}:event-ids"
+
+    @property
+    def applied_batches(self) -> str:
+        """Recently applied batches, by their highest receipt stamp (apply_events.lua)."""
+        return f"{self.prefix}:applied-batches"
 
     @property
     def changes_channel(self) -> str:

@@ -26,6 +26,8 @@ from crmcache.keyspace import DATA_CLASSES, DataClass, TenantKeys
 _CLASS_INDEX = {data_class: i + 1 for i, data_class in enumerate(DATA_CLASSES)}
 _CLASS_NAMES = json.dumps([c.value for c in DATA_CLASSES])
 SNAPSHOT_CHUNK = 500
+APPLIED_BATCH_RECORD_MS = 30_000
+"""How long apply_events.lua remembers a batch it ran; the subscriber looks once a second."""
 
 
 @contextmanager
@@ -187,15 +189,35 @@ class Store:
             version = event.version if event.version is not None else -1
             stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
             batch.append([stamp, event.seq, version, event_id, writes, invalidations, deltas])
+        key_list.append(keys.applied_batches)  # the last key (apply_events.lua)
         args: list[str | int] = [
             _CLASS_NAMES,
             json.dumps(batch),
             dedupe_window_s * 1000,
             keys.changes_channel,
+            APPLIED_BATCH_RECORD_MS,
         ]
         with translate_errors():
             written, stale, duplicates, version = self.script("apply_events")(key_list, args)
         return ApplyResult(int(written), int(stale), int(duplicates), int(version), tuple(rejected))
+
+    def applied_batches(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
+        """Which of these batches (tenant -> highest stamps) apply_events.lua recorded as run
+        within the last APPLIED_BATCH_RECORD_MS: one pipelined ZMSCORE per tenant."""
+        tenants = [t for t in wanted if wanted[t]]
+        if not tenants:
+            return {}
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for tenant in tenants:
+                members = [str(top) for top in wanted[tenant]]
+                pipe.zmscore(TenantKeys.of(tenant).applied_batches, members)
+            replies = pipe.execute()
+        found: dict[str, set[int]] = {}
+        for tenant, scores in zip(tenants, replies, strict=True):
+            tops = zip(wanted[tenant], scores, strict=True)
+            found[tenant] = {top for top, score in tops if score is not None}
+        return found
 
     # --- snapshots (preload / resync) ---------------------------------------------------------
 

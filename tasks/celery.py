@@ -11,14 +11,18 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 from config.amqp import TruncatingAMQP
 from config.celery import celery_config
+from config.redis_transport import patch_channel_close
 from config.settings import get_settings, settings_or_exit
 from crmcache.logging_config import configure_logging
 from tasks import log_context
+from tasks.pool_watchdog import PoolWatchdog
 
 TASK_MODULES = ("tasks.events", "tasks.preload", "tasks.credits", "tasks.metrics")
 
+patch_channel_close()  # the worker survives its Redis broker dying mid-BRPOP
 app = Celery("crmcache", amqp=TruncatingAMQP, include=TASK_MODULES)
 app.conf.update(celery_config(settings_or_exit("celery")))  # a bad setting: one line, exit 2
+app.steps["worker"].add(PoolWatchdog)
 
 
 @setup_logging.connect

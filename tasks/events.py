@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from crmcache.errors import InvalidEvent, InvalidTenant, StoreUnavailable
 from crmcache.event_validation import EventLimits
 from crmcache.events import Event, unexpected
@@ -53,7 +55,8 @@ def _raw(body: Any) -> str:
 
 @app.task(
     name="crmcache.apply_events",
-    autoretry_for=(StoreUnavailable,),
+    # Past its soft time limit (config/celery.py) a batch runs again: its writes are idempotent.
+    autoretry_for=(StoreUnavailable, SoftTimeLimitExceeded),
     retry_backoff=True,
     retry_backoff_max=30,
     retry_jitter=True,

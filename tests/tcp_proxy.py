@@ -11,8 +11,9 @@ import threading
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target. `hold("up")` keeps client->server bytes (a
     command stuck in flight), `hold("down")` server->client bytes (a reply stuck in flight),
-    until `release()`; `freeze()` silently drops both directions of the connections open now
-    (a half-open peer) while new connections work normally."""
+    until `release()` (or `cut_held()`: what was held never arrives and its connections close);
+    `freeze()` silently drops both directions of the connections open now (a half-open peer)
+    while new connections work normally."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -24,6 +25,7 @@ class TcpProxy:
         self._pairs: dict[socket.socket, socket.socket] = {}
         self._frozen: set[socket.socket] = set()
         self._clients: set[socket.socket] = set()
+        self._cut: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._stop = threading.Event()
@@ -55,6 +57,15 @@ class TcpProxy:
                 except OSError:
                     pass
 
+    def cut_held(self) -> None:
+        """Stop holding; drop what was held and close the connections it came from (in the
+        proxy's thread), so a held command never reaches the server."""
+        with self._lock:
+            self._holding = None
+            self._cut.update(self._held)
+            self._held = {}
+        self._wake_w.send(b"x")
+
     def freeze(self) -> None:
         with self._lock:
             self._frozen.update(self._pairs)
@@ -76,11 +87,16 @@ class TcpProxy:
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._wake_r:
+                    self._wake_r.recv(64)
                     continue
                 if sock is self.listener:
                     self._accept()
                 else:
                     self._forward(sock)
+            with self._lock:
+                cut, self._cut = self._cut, set()
+            for sock in cut:
+                self._drop(sock)
 
     def _accept(self) -> None:
         client, _ = self.listener.accept()

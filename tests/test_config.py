@@ -58,3 +58,16 @@ def test_celery_is_json_only_with_late_acks_and_bounded_publishing(
     assert conf["broker_url"].startswith("amqp://")
     queues = {q.name for q in conf["task_queues"]}
     assert {"crm.events", "crm.preload"} <= queues
+
+
+def test_apply_soft_time_limit_must_be_below_the_hard_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_APPLY_SOFT_TIME_LIMIT", "8")
+    monkeypatch.setenv("CRM_APPLY_TIME_LIMIT", "8")
+    with pytest.raises(ConfigError, match="CRM_APPLY_SOFT_TIME_LIMIT"):
+        load_settings()
+
+
+def test_apply_events_has_its_own_time_limits_and_is_requeued_past_the_hard_one() -> None:
+    settings = load_settings(CRM_APPLY_SOFT_TIME_LIMIT=2, CRM_APPLY_TIME_LIMIT=3)
+    annotation = celery_config(settings)["task_annotations"]["crmcache.apply_events"]
+    assert annotation == {"soft_time_limit": 2, "time_limit": 3, "acks_on_timeout": False}

@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from consumer.ingest.batcher import Batcher
+from consumer.ingest.inflight import InFlight
 from consumer.ingest.lanes import LaneRouter
 from consumer.ingest.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
@@ -96,6 +97,13 @@ class Subscriber:
         self.on_beat: Callable[[str], None] = lambda role: None
         """Called as the loop goes round with "active", "standby" or "reconnecting": this
         process's own health, for its container healthcheck (consumer/ingest/liveness.py)."""
+        self.inflight = InFlight(
+            self.store,
+            enqueuer,
+            self.stats,
+            settings.inflight_timeout,
+            settings.inflight_max_resends,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -211,6 +219,7 @@ class Subscriber:
         # starts only now that every subscription is confirmed.
         self.enqueuer.preload(None, "resubscribe")
         self.stats["resyncs"] += 1
+        self.inflight.clear()  # the resync supersedes whatever was in flight
         interval = self.settings.health_check_interval
         try:
             while not self.stopping:
@@ -225,6 +234,7 @@ class Subscriber:
                 idle = shards.read(self._receive, self.settings.batch_size, wait)
                 if self.batcher.due(time.monotonic(), idle):
                     self._flush(everything=idle)
+                self.inflight.check(time.monotonic())
         finally:
             self._flush(raise_errors=False)
             self._shards = None
@@ -367,7 +377,9 @@ class Subscriber:
                 bulk = self.lanes is not None and self.lanes.is_bulk(tenant)
                 size = self.settings.bulk_batch_size if bulk else self.settings.batch_size
                 for start in range(0, len(bodies), size):
-                    self.enqueuer.apply_events(tenant, bodies[start : start + size], bulk=bulk)
+                    chunk = bodies[start : start + size]
+                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk)
+                    self.inflight.sent(tenant, chunk, bulk, now)
                     self.stats["bulk_batches" if bulk else "batches"] += 1
                 self.stats["published"] += len(bodies)
         except (StoreUnavailable, KombuOperationalError, OSError) as exc:

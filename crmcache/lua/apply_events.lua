@@ -12,6 +12,8 @@
 --                    deltas: [[KEYS index of a balance, amount], ...] (credit top-ups)
 -- ARGV[3]            dedupe window in ms
 -- ARGV[4]            change-notification channel (crm:<t>:changes)
+-- KEYS[#KEYS]        crm:{t}:applied-batches  zset: a batch's highest stamp -> applied-at ms
+-- ARGV[5]            how long a batch stays recorded there, ms
 --
 -- Guarantees (design §3):
 -- * a field is written only by an event newer than the field's stamp: when both carry an
@@ -24,7 +26,9 @@
 -- * a credit delta is added to a cached balance once per eventId (the caller gives delta
 --   events without an id a stamp-based one); a balance not cached is left alone (the next
 --   read-through fetches the Wrapper's balance, which includes the top-up);
--- * when anything changed, meta.version is bumped and published on ARGV[4].
+-- * when anything changed, meta.version is bumped and published on ARGV[4];
+-- * every batch that ran is recorded by its highest stamp for ARGV[5] ms, changed or not, so
+--   the subscriber can tell a batch held by a hung worker from one that was applied.
 -- Returns {fields written, writes skipped as stale, duplicate events, meta version}.
 
 local classes = cjson.decode(ARGV[1])
@@ -102,4 +106,14 @@ if written > 0 or touched then
     version = redis.call('HINCRBY', meta, 'version', 1)
     redis.call('PUBLISH', ARGV[4], cjson.encode({version = version, written = written}))
 end
+-- The batch record (consumer/ingest/inflight.py): one ZADD, and trimming what outlived ARGV[5].
+local applied, lifetime = KEYS[#KEYS], tonumber(ARGV[5])
+local top = 0
+for _, ev in ipairs(batch) do
+    top = math.max(top, ev[2])
+end
+redis.call('ZADD', applied, now, string.format('%d', top))
+redis.call('ZREMRANGEBYSCORE', applied, '-inf', now - lifetime)
+redis.call('PEXPIRE', applied, lifetime)
+
 return {written, stale, duplicates, version}
