@@ -86,6 +86,21 @@ PRELOAD_SLOTS = "crm:{preload}:slots"
 OUTBOX_GROUP = "settlers"
 """The consumer group of every tenant's credit outbox stream."""
 
+# Fields of a tenant's meta hash (``TenantKeys.meta``), and of a reference entry.
+META_READY = "ready"
+""""1" once the tenant's critical data was loaded (a preload marked it)."""
+META_VERSION = "version"
+"""Bumped by every applied change (and charge); readers confirm their near-cache against it."""
+META_EPOCH = "epoch"
+"""Random, set by the first reader or preload; a new one means Redis lost the data."""
+META_LAST_EVENT_MS = "last-event-ms"
+META_LAST_PRELOAD_MS = "last-preload-ms"
+META_PRELOAD_STARTED_MS = "preload-started-ms"
+READY_FLAG = b"1"
+"""``META_READY``'s value, as Redis returns it."""
+REF_EXPIRES_MS = "expires-ms"
+"""Field of a reference entry (``TenantKeys.ref``): when it stops being fresh, epoch ms."""
+
 
 class DataClass(enum.StrEnum):
     """A versioned critical-data hash. The order is the order of KEYS in apply_events.lua."""
