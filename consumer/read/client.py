@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,6 +30,8 @@ from consumer.read.balances import BalanceReader
 from consumer.read.connection import ReaderConnection
 from consumer.read.critical import CriticalReader
 from consumer.read.metrics import ReadMetrics
+from consumer.read.near_cache import NearCache
+from consumer.read.read_through import LocalCopies
 from consumer.read.readiness import PreloadRequests, enqueue_settlement
 from consumer.read.reference import ReferenceReader
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
@@ -70,20 +73,19 @@ class SmartCRMConsumer:
         """Built on the first upstream call: a process doing only critical reads never
         imports the HTTP stack (a few MiB of RSS)."""
         self._metrics = ReadMetrics()
+        self._near = NearCache(
+            self.settings.near_cache_staleness_ms, self.settings.near_cache_max_entries
+        )
+        self._local = LocalCopies(self.settings.reference_local_max_entries)
         self._preloads = PreloadRequests(self.tenant, self.settings, self._conn)
         self._critical = CriticalReader(
-            self.tenant, self.settings, self._conn, self._metrics, self._not_ready
+            self.tenant, self.settings, self._conn, self._near, self._metrics, self._not_ready
         )
         self._reference = ReferenceReader(
-            self.tenant, self.settings, self._conn, self._wrapper_client, self._metrics
+            self.tenant, self.settings, self._conn, self._wrapper_client, self._metrics, self._local
         )
         self._balances = BalanceReader(
-            self.tenant,
-            self.settings,
-            self._conn,
-            self._wrapper_client,
-            self._metrics,
-            self._reference.local,
+            self.tenant, self.settings, self._conn, self._wrapper_client, self._metrics, self._local
         )
         self._background = Background.for_settings(self.settings)
         self._started_pid = 0
@@ -104,7 +106,7 @@ class SmartCRMConsumer:
         except StoreUnavailable:
             logger.warning("tenant=%s reader starts without Redis (degraded)", self.tenant)
             return self
-        if not self._critical.near.ready:
+        if not self._near.ready:
             self._preloads.request()
         logger.info("tenant=%s reader ready, %d near-cache entries", self.tenant, loaded)
         return self
@@ -116,7 +118,7 @@ class SmartCRMConsumer:
                 return
             self.closed = True
         try:
-            self._metrics.flush(self._conn.client, self.tenant)
+            self._metrics.flush(self._conn, self.tenant)
         except StoreUnavailable:
             logger.info("tenant=%s final metrics flush skipped: Redis unavailable", self.tenant)
         self._background.discard(self)
@@ -202,15 +204,15 @@ class SmartCRMConsumer:
         """The balance when this process holds it at the current version (every charge and
         top-up anywhere bumps the version, so a held balance is as fresh as the near-cache's
         costs), else None (no I/O)."""
-        if not self._critical.serve_near:
+        if not self.settings.near_cache:
             return None
-        return self._critical.near.balance(user_id, time.monotonic())
+        return self._near.balance(user_id, time.monotonic())
 
     def keep_user_credits(self, user_id: str, value: Number, version: int, epoch: bytes) -> bool:
         """Offer a balance read from Redis atomically with ``meta.version`` and ``meta.epoch``
         (``balance_peek.lua``) for ``peek_user_credits``; kept only when that is the version
         the near-cache knows. Returns whether it was kept."""
-        return self._critical.near.keep_balance(user_id, value, version, epoch)
+        return self._near.keep_balance(user_id, value, version, epoch)
 
     # --- reference reads: the seed's values, and the details beside them -------------------------
 
@@ -277,9 +279,7 @@ class SmartCRMConsumer:
         )
         if deduction.settle_now and not enqueue_settlement(self.tenant):
             # Let the next deduction try to enqueue rather than wait for the flag to expire.
-            self._try(
-                lambda: self._conn.run(lambda: self._conn.client.delete(self.keys.settle_scheduled))
-            )
+            self._try(lambda: self._conn.delete(self.keys.settle_scheduled))
         return deduction
 
     def get_cache_expiry(self, key: str) -> float | None:
@@ -301,9 +301,9 @@ class SmartCRMConsumer:
         """The seed's figures (criticalHitRate, referenceHitRate, overallHitRate, totalRequests,
         cacheSize, criticalCacheSize, referenceCacheSize) plus degraded/stale counts, per-class
         counters and latency percentiles of this process (see ``crmcache.read_metrics``)."""
-        near = self._critical.near
+        near = self._near
         summary = self._metrics.summary()
-        critical_size, reference_size = near.size, len(self._reference.local)
+        critical_size, reference_size = near.size, len(self._local)
         summary.update(
             {
                 "tenant": self.tenant,
@@ -312,7 +312,7 @@ class SmartCRMConsumer:
                 "referenceCacheSize": reference_size,
                 "degraded": self._conn.is_down,
                 "nearCache": {
-                    "enabled": self._critical.serve_near,
+                    "enabled": self.settings.near_cache,
                     "version": near.version,
                     "ready": near.ready,
                     "trusted": time.monotonic() < near.trusted_until,
@@ -328,7 +328,7 @@ class SmartCRMConsumer:
     def flush_metrics(self) -> int:
         """Send this process's counters to Redis now (the background does it every
         CRM_METRICS_FLUSH_INTERVAL); returns the fields sent."""
-        return self._metrics.flush(self._conn.client, self.tenant)
+        return self._metrics.flush(self._conn, self.tenant)
 
     def metrics_counts(self) -> dict[str, int]:
         """The raw counters (for the Prometheus collector)."""
@@ -341,10 +341,10 @@ class SmartCRMConsumer:
         return self.keys.changes_channel
 
     def on_change(self, version: int, written: int | None, received: float) -> None:
-        self._critical.near.notify(version, written)
+        self._near.notify(version, written)
 
     def on_disconnect(self) -> None:
-        self._critical.near.distrust()
+        self._near.distrust()
 
     def on_subscribed(self) -> None:
         """Notifications flow from now on; a change since the last confirmation may have gone
@@ -354,10 +354,10 @@ class SmartCRMConsumer:
         try:
             self._critical.check_version()
         except StoreUnavailable:
-            self._critical.near.distrust()
+            self._near.distrust()
 
     def tick(self, now: float) -> None:
-        conn, near = self._conn, self._critical.near
+        conn, near = self._conn, self._near
         if conn.probe_due(now):
             if conn.probe():
                 near.forget_version()  # Redis may have restarted empty: adopt what it says
@@ -372,7 +372,7 @@ class SmartCRMConsumer:
             self._try(self.flush_metrics)
 
     @staticmethod
-    def _try(call: Any) -> None:
+    def _try(call: Callable[[], object]) -> None:
         try:
             call()
         except StoreUnavailable:
@@ -381,9 +381,9 @@ class SmartCRMConsumer:
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, no trust, own counters, own HTTP connections."""
         self._lock = threading.Lock()
-        self._critical.near.reset_after_fork()
+        self._near.reset_after_fork()
         self._conn.reset_after_fork()
-        self._reference.local.reset_after_fork()
+        self._local.reset_after_fork()
         self._metrics.reset()
         self._started_pid = 0
         if self._wrapper is not None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from crmcache import keyspace
 from crmcache.keyspace import TenantKeys
@@ -28,7 +26,9 @@ from crmcache.read_metrics import (
     latency_sum_field,
     summarize,
 )
-from crmcache.store import translate_errors
+
+if TYPE_CHECKING:
+    from consumer.read.connection import ReadCommands
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ReadMetrics:
     def summary(self) -> dict[str, Any]:
         return summarize(self.counts())
 
-    def flush(self, client: redis.Redis, tenant: str) -> int:
+    def flush(self, redis: ReadCommands, tenant: str) -> int:
         """HINCRBY the increments since the last successful flush; returns fields sent.
 
         Raises StoreUnavailable (and keeps the increments for the next flush) when Redis fails.
@@ -116,13 +116,9 @@ class ReadMetrics:
             deltas = {k: v for k, v in deltas.items() if v}
             if not deltas:
                 return 0
-            keys = TenantKeys.of(tenant)
-            with translate_errors():
-                pipe = client.pipeline(transaction=False)
-                for name, delta in deltas.items():
-                    pipe.hincrby(keys.metrics, name, delta)
-                pipe.sadd(keyspace.METRICS_TENANTS, tenant)
-                pipe.execute()
+            redis.add_counters(
+                TenantKeys.of(tenant).metrics, deltas, keyspace.METRICS_TENANTS, tenant
+            )
             self._flushed = current
             return len(deltas)
 

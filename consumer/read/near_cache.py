@@ -30,6 +30,14 @@ Balance: TypeAlias = tuple[int | float, int, bytes]
 EVICT_FRACTION = 10
 
 
+def make_room(table: dict[Any, Any], max_entries: int, key: Any) -> None:
+    """Bounded memory: when ``table`` is full and ``key`` is new, drop its oldest tenth (dicts
+    keep insertion order). The one eviction rule of the read side's process-local copies."""
+    if len(table) >= max_entries and key not in table:
+        for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
+            table.pop(old, None)
+
+
 class NearCache:
     """Per-tenant, per-process copy of credit costs, users' access and roles' grants.
 
@@ -59,7 +67,7 @@ class NearCache:
     # --- coherence ---------------------------------------------------------------------------
 
     def observe(
-        self, epoch: bytes, version: int, started: float, ready: bool | None = None
+        self, epoch: bytes | None, version: int, started: float, ready: bool | None = None
     ) -> int | None:
         """Record (``epoch``, ``version``), read from Redis by a call that started at
         ``started``, and confirm the cache up to then.
@@ -115,14 +123,8 @@ class NearCache:
     # --- entries -----------------------------------------------------------------------------
 
     def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
-        self._make_room(table, key)
+        make_room(table, self.max_entries, key)
         table[key] = (value, gen, read_at)
-
-    def _make_room(self, table: dict[str, Any], key: str) -> None:
-        if len(table) >= self.max_entries and key not in table:
-            # Bounded memory: drop the oldest tenth (dicts keep insertion order).
-            for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
-                table.pop(old, None)
 
     def balance(self, user_id: str, now: float) -> int | float | None:
         """The user's balance when it was read at the current version and epoch, and the
@@ -144,7 +146,7 @@ class NearCache:
         with self.lock:
             if version != self.version or epoch != self.epoch:
                 return False
-            self._make_room(self.balances, user_id)
+            make_room(self.balances, self.max_entries, user_id)
             self.balances[user_id] = (value, version, epoch)
             return True
 
