@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
 from consumer.api.auth import tenant_of
-from consumer.api.deps import Stopwatch, flag, service_of
+from consumer.api.deps import Stopwatch, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import (
     IDENT_PATTERN,
@@ -19,6 +19,7 @@ from consumer.api.models import (
     ErrorResponse,
     LeadCreated,
 )
+from consumer.api.service import ApiService
 from crmcache import credits
 from crmcache.errors import InsufficientCredits
 
@@ -56,12 +57,12 @@ async def validate_credits(
             "operation_not_configured",
             "operation not configured",
             operation=operation,
-            cached=flag(answer, "cached"),
+            cached=answer.cached,
         )
     available, found, balance_cached, balance_stale = await fastpath.balance(
         service, reader, tenant, userId
     )
-    if not found:
+    if not found or available is None:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
     # Hot path: the dict goes out as is; response_model still documents it, and the
     # schemathesis test checks every answer against it.
@@ -71,8 +72,8 @@ async def validate_credits(
             "creditCost": cost,
             "availableCredits": available,
             "canAfford": available >= cost,
-            "cached": flag(answer, "cached") and balance_cached,
-            "stale": flag(answer, "stale") or balance_stale,
+            "cached": answer.cached and balance_cached,
+            "stale": answer.stale or balance_stale,
             "responseTimeMs": watch.elapsed_ms(),
         }
     )
@@ -127,7 +128,7 @@ def create_lead(
 
 
 def _charge_new_lead(
-    service: Any, tenant: str, body: CreateLeadRequest, key: str, request_fingerprint: str
+    service: ApiService, tenant: str, body: CreateLeadRequest, key: str, request_fingerprint: str
 ) -> credits.Deduction:
     reader = service.readers.get(tenant)
     cost = reader.get_credit_cost(LEAD_OPERATION)
@@ -146,13 +147,6 @@ def _charge_new_lead(
             userId=body.userId,
             permission=LEAD_OPERATION,
         )
-    lead = {
-        "leadId": f"lead_{uuid.uuid4().hex}",
-        "userId": body.userId,
-        "leadData": body.leadData.model_dump(mode="json", exclude_none=True),
-        "createdAt": credits.utc_now_iso(),
-        "creditsDeducted": cost,
-    }
     try:
         deduction = credits.deduct(
             service.store,
@@ -163,7 +157,7 @@ def _charge_new_lead(
             amount=cost,
             idempotency_key=key,
             request_fingerprint=request_fingerprint,
-            lead=lead,
+            lead=_new_lead(body, cost),
             ttl_s=service.settings.idempotency_ttl,
             read_through=lambda: reader.get_user_credits_detail(body.userId),
         )
@@ -179,3 +173,14 @@ def _charge_new_lead(
     if deduction.settle_now:
         service.settle_soon(tenant)
     return deduction
+
+
+def _new_lead(body: CreateLeadRequest, cost: int | float) -> dict[str, Any]:
+    """The lead as stored with its deduction (crm:{t}:leads)."""
+    return {
+        "leadId": f"lead_{uuid.uuid4().hex}",
+        "userId": body.userId,
+        "leadData": body.leadData.model_dump(mode="json", exclude_none=True),
+        "createdAt": credits.utc_now_iso(),
+        "creditsDeducted": cost,
+    }

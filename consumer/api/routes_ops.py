@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -30,7 +30,7 @@ async def healthz() -> Health:
     tags=["operations"],
     summary="Redis reachable and every served tenant's critical data loaded",
 )
-def readyz(request: Request) -> Any:
+def readyz(request: Request) -> JSONResponse:
     service = service_of(request)
     redis_ok = service.redis_ok()
     tenants = {}

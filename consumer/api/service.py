@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import redis
-import redis.asyncio
 from celery import Celery
 
 from config.apikeys import ApiKeyRing
@@ -14,10 +11,11 @@ from config.celery import CREDITS_QUEUE, celery_config
 from config.settings import Settings
 from consumer.api.metrics import ApiMetrics
 from consumer.api.readers import ReaderFactory, Readers
+from consumer.read.connection import AsyncReadCommands, ReadCommands
 from crmcache.errors import StoreUnavailable
-from crmcache.keyspace import TenantKeys, lua_source
-from crmcache.redis_client import make_async_redis, make_redis
-from crmcache.store import Store, translate_errors
+from crmcache.keyspace import TenantKeys
+from crmcache.redis_client import make_redis
+from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -58,24 +56,21 @@ class ApiService:
         self.keys = ApiKeyRing.from_config(settings.api_keys.get_secret_value())
         self.redis = make_redis(settings.cache_url, socket_timeout=settings.redis_socket_timeout)
         self.store = Store(self.redis)
+        self.commands = ReadCommands(self.redis)
         self.wrapper = WrapperClient(settings)
         self.readers = Readers(settings, reader_factory)
         self.settlement = SettlementQueue(settings)
         self.metrics = ApiMetrics(self.readers)
-        self.async_redis: redis.asyncio.Redis | None = None
+        self.async_reads: AsyncReadCommands | None = None
         """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
-        self._balance_peek: Any = None
 
     async def start(self) -> None:
-        self.async_redis = make_async_redis(
-            self.settings.cache_url, socket_timeout=self.settings.reader_timeout_ms / 1000
-        )
-        self._balance_peek = self.async_redis.register_script(lua_source("balance_peek"))
+        self.async_reads = AsyncReadCommands(self.settings)
 
     async def stop(self) -> None:
-        if self.async_redis is not None:
-            await self.async_redis.aclose()
-            self.async_redis = None
+        if self.async_reads is not None:
+            await self.async_reads.close()
+            self.async_reads = None
 
     async def cached_balance(
         self, tenant: str, user_id: str
@@ -83,12 +78,14 @@ class ApiService:
         """(balance text, meta version, meta epoch), read atomically without blocking the loop;
         None when not cached, or when Redis fails (the caller then asks the reader, which
         knows the degraded rules)."""
-        if self._balance_peek is None:
+        if self.async_reads is None:
             return None
         keys = TenantKeys.of(tenant)
         try:
-            raw, version, epoch = await self._balance_peek(keys=[keys.balance(user_id), keys.meta])
-        except (redis.ConnectionError, redis.TimeoutError):
+            raw, version, epoch = await self.async_reads.script(
+                "balance_peek", [keys.balance(user_id), keys.meta]
+            )
+        except StoreUnavailable:
             return None
         if raw is None:
             return None
@@ -103,17 +100,16 @@ class ApiService:
             return
         # Let the next deduction try again instead of waiting for the flag to expire.
         try:
-            with translate_errors():
-                self.redis.delete(TenantKeys.of(tenant).settle_scheduled)
+            self.commands.delete(TenantKeys.of(tenant).settle_scheduled)
         except StoreUnavailable:
             pass
 
     def redis_ok(self) -> bool:
         try:
-            with translate_errors():
-                return bool(self.redis.ping())
+            self.commands.ping()
         except StoreUnavailable:
             return False
+        return True
 
     def close(self) -> None:
         self.readers.close()
