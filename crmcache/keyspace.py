@@ -130,6 +130,20 @@ def input_patterns(tenants: tuple[str, ...] = ()) -> list[str]:
     return [f"{CHANNEL_PREFIX}*:{s}" for s in STREAMS]
 
 
+CHANGES_SUFFIX = ":changes"
+CHANGES_PATTERN = f"{CHANNEL_PREFIX}*{CHANGES_SUFFIX}"
+"""PSUBSCRIBE pattern of every tenant's change notifications (``TenantKeys.changes_channel``):
+what a reader process serving many tenants listens to, on one connection."""
+
+
+def tenant_of_changes_channel(channel: str) -> str | None:
+    """The tenant whose change notifications ``channel`` carries, or None (another shape)."""
+    if not (channel.startswith(CHANNEL_PREFIX) and channel.endswith(CHANGES_SUFFIX)):
+        return None
+    tenant = channel[len(CHANNEL_PREFIX) : -len(CHANGES_SUFFIX)]
+    return tenant if is_valid_tenant(tenant) else None
+
+
 TENANT_META_PATTERN = "crm:{*}:meta"
 """SCAN MATCH pattern of every tenant's meta hash: how ``crmcache status`` finds tenants."""
 
@@ -179,7 +193,7 @@ class TenantKeys:
 
     @property
     def changes_channel(self) -> str:
-        return f"{CHANNEL_PREFIX}{self.tenant}:changes"
+        return f"{CHANNEL_PREFIX}{self.tenant}{CHANGES_SUFFIX}"
 
     @property
     def metrics_channel(self) -> str:

@@ -1,4 +1,6 @@
-"""One read-side consumer (``SmartCRMConsumer``) per tenant per process, created on first use.
+"""The API's reader of each tenant its keys name: a view over the process's one ``CRMCache``
+(one Redis pool and one notification connection for every tenant), initialized on the
+tenant's first request.
 
 The HTTP layer depends only on the small ``TenantReader`` protocol below, so the read side can
 evolve (or be replaced in a test) without touching the routes.
@@ -12,14 +14,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from config.settings import Settings
-from consumer import SmartCRMConsumer
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
 
 logger = logging.getLogger(__name__)
 
 
 class TenantReader(Protocol):
-    """What the API needs from ``consumer.SmartCRMConsumer``."""
+    """What the API needs from a tenant's reader (``consumer.read.view.TenantView``)."""
 
     def initialize(self) -> object: ...
 
@@ -57,17 +58,12 @@ class TenantReader(Protocol):
 ReaderFactory = Callable[[str, Settings], TenantReader]
 
 
-def smart_crm_consumer(tenant: str, settings: Settings) -> TenantReader:
-    reader: TenantReader = SmartCRMConsumer(tenant, settings=settings)
-    return reader
-
-
 class Readers:
     """Lazily built, initialized readers keyed by tenant; thread-safe."""
 
-    def __init__(self, settings: Settings, factory: ReaderFactory | None = None) -> None:
+    def __init__(self, settings: Settings, factory: ReaderFactory) -> None:
         self.settings = settings
-        self.factory = factory or smart_crm_consumer
+        self.factory = factory
         self._readers: dict[str, TenantReader] = {}
         self._lock = threading.Lock()
 

@@ -11,7 +11,9 @@ from config.celery import CREDITS_QUEUE, celery_config
 from config.settings import Settings
 from consumer.api.metrics import ApiMetrics
 from consumer.api.readers import ReaderFactory, Readers
+from consumer.read.cache import CRMCache
 from consumer.read.connection import AsyncReadCommands, ReadCommands
+from consumer.read.view import TenantView
 from crmcache.errors import StoreUnavailable
 from crmcache.keyspace import TenantKeys
 from crmcache.redis_client import make_redis
@@ -54,11 +56,14 @@ class ApiService:
     def __init__(self, settings: Settings, reader_factory: ReaderFactory | None = None) -> None:
         self.settings = settings
         self.keys = ApiKeyRing.from_config(settings.api_keys.get_secret_value())
+        self.cache = CRMCache(settings)
+        """The read client of every tenant the keys name (one pool, one notification
+        connection, one thread, one Wrapper session)."""
         self.redis = make_redis(settings.cache_url, socket_timeout=settings.redis_socket_timeout)
+        """Writes (deductions) get the longer CRM_REDIS_SOCKET_TIMEOUT of their own pool."""
         self.store = Store(self.redis)
         self.commands = ReadCommands(self.redis)
-        self.wrapper = WrapperClient(settings)
-        self.readers = Readers(settings, reader_factory)
+        self.readers = Readers(settings, reader_factory or self._view)
         self.settlement = SettlementQueue(settings)
         self.metrics = ApiMetrics(self.readers)
         self.async_reads: AsyncReadCommands | None = None
@@ -91,9 +96,25 @@ class ApiService:
             return None
         return raw, int(version), epoch
 
+    def _view(self, tenant: str, settings: Settings) -> TenantView:
+        return self.cache.tenant(tenant)
+
+    @property
+    def wrapper(self) -> WrapperClient:
+        return self.cache.wrapper()
+
     @property
     def tenants(self) -> list[str]:
         return sorted(set(self.keys.tenants()))
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """(Redis answers, each served tenant's ready flag): one round trip for every tenant."""
+        tenants = self.tenants
+        try:
+            flags = self.commands.ready_flags([TenantKeys.of(t).meta for t in tenants])
+        except StoreUnavailable:
+            return False, dict.fromkeys(tenants, False)
+        return True, dict(zip(tenants, flags, strict=True))
 
     def settle_soon(self, tenant: str) -> None:
         if self.settlement.enqueue(tenant):
@@ -104,15 +125,8 @@ class ApiService:
         except StoreUnavailable:
             pass
 
-    def redis_ok(self) -> bool:
-        try:
-            self.commands.ping()
-        except StoreUnavailable:
-            return False
-        return True
-
     def close(self) -> None:
         self.readers.close()
         self.settlement.close()
-        self.wrapper.close()
+        self.cache.close()
         self.redis.close()

@@ -27,8 +27,15 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from crmcache.errors import StoreUnavailable
-from crmcache.keyspace import META_EPOCH, META_READY, META_VERSION, READY_FLAG
-from crmcache.redis_client import make_async_redis, make_redis
+from crmcache.keyspace import (
+    CHANGES_PATTERN,
+    META_EPOCH,
+    META_READY,
+    META_VERSION,
+    READY_FLAG,
+    tenant_of_changes_channel,
+)
+from crmcache.redis_client import make_async_redis, make_redis, pubsub_client
 from crmcache.store import async_lua_script, lua_script
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_PROBE_DELAY = 0.05
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+PUBSUB_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,19 @@ class ReadCommands:
         _, (version, ready, epoch) = self._call(read)
         return Meta.of(version, ready, epoch)
 
+    def metas(self, meta_keys: Sequence[str], new_epochs: Sequence[str]) -> list[Meta]:
+        """``meta`` of many tenants in one pipelined round trip (one per node on a Cluster)."""
+
+        def read() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key, epoch in zip(meta_keys, new_epochs, strict=True):
+                pipe.hsetnx(key, META_EPOCH, epoch)
+                pipe.hmget(key, META_VERSION, META_READY, META_EPOCH)
+            return pipe.execute()
+
+        replies = self._call(read) if meta_keys else []
+        return [Meta.of(*fields) for fields in replies[1::2]]
+
     def hash_sizes(self, keys: Sequence[str]) -> list[int]:
         def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
@@ -131,14 +152,18 @@ class ReadCommands:
         raw = self._call(lambda: self.client.hget(key, field))
         return raw if raw is None or isinstance(raw, bytes) else raw.encode()
 
-    def add_counters(self, key: str, deltas: Mapping[str, int], set_key: str, member: str) -> None:
-        """HINCRBY every delta into ``key`` and add ``member`` to ``set_key``: one pipeline."""
+    def add_counters(
+        self, rows: Sequence[tuple[str, Mapping[str, int]]], set_key: str, members: Sequence[str]
+    ) -> None:
+        """HINCRBY each row's deltas into its hash, and add ``members`` to ``set_key``: one
+        pipelined round trip for every tenant's counters."""
 
         def send() -> None:
             pipe = self.client.pipeline(transaction=False)
-            for name, delta in deltas.items():
-                pipe.hincrby(key, name, delta)
-            pipe.sadd(set_key, member)
+            for key, deltas in rows:
+                for name, delta in deltas.items():
+                    pipe.hincrby(key, name, delta)
+            pipe.sadd(set_key, *members)
             pipe.execute()
 
         self._call(send)
@@ -216,6 +241,65 @@ class ReaderConnection(ReadCommands):
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What the change feed heard: its subscription confirmed (``tenant`` None), or a
+    tenant's change notification (``data``: the workers' ``{"version": n, "written": w}``)."""
+
+    tenant: str | None
+    data: bytes | None = None
+
+
+class ChangeFeed:
+    """The one pub/sub connection of a process's readers: one pattern subscription hears every
+    tenant's change notifications, however many tenants it serves (on a Cluster, any primary
+    hears them all: the cluster bus carries every PUBLISH to every node). No retries: a lost
+    connection must surface (redis-py would otherwise reconnect and resubscribe silently,
+    hiding the notifications missed meanwhile); its errors become StoreUnavailable."""
+
+    def __init__(self, settings: Settings) -> None:
+        timeout = settings.reader_timeout_ms / 1000
+        self._client = _call_pubsub(
+            lambda: pubsub_client(
+                settings.cache_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=min(timeout, 5.0),
+                socket_keepalive=True,
+                retry=Retry(NoBackoff(), 0),
+            )
+        )
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        _call_pubsub(lambda: self._pubsub.psubscribe(CHANGES_PATTERN))
+
+    def poll(self, timeout: float) -> list[Notice]:
+        """What arrived within ``timeout`` (one wait at most), in the order it was sent."""
+        heard: list[Notice] = []
+        message = _call_pubsub(lambda: self._pubsub.get_message(timeout=timeout))
+        while message is not None:
+            if message["type"] == "psubscribe":
+                heard.append(Notice(None))
+            elif message["type"] == "pmessage":
+                tenant = tenant_of_changes_channel(message["channel"].decode())
+                if tenant is not None:
+                    heard.append(Notice(tenant, message["data"]))
+            message = _call_pubsub(lambda: self._pubsub.get_message(timeout=0))
+        return heard
+
+    def close(self) -> None:
+        for close in (self._pubsub.close, self._client.close):
+            try:
+                close()
+            except PUBSUB_ERRORS:
+                pass
+
+
+def _call_pubsub(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except PUBSUB_ERRORS as exc:
+        raise StoreUnavailable(f"change notifications lost: {exc}") from None
 
 
 class AsyncReadCommands:

@@ -71,7 +71,7 @@ class CriticalReader:
         conn: ReaderConnection,
         near: NearCache,
         metrics: ReadMetrics,
-        on_not_ready: Callable[[], None],
+        on_not_ready: Callable[[], object],
     ) -> None:
         self.tenant = tenant
         self.keys = TenantKeys.of(tenant)

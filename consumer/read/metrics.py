@@ -1,15 +1,17 @@
 """In-process read metrics: counters per data class and a latency histogram, flushed to Redis.
 
 Recording is a few integer operations under an uncontended lock (no I/O, never a Redis round
-trip per read). The background thread flushes the increments since the last flush into the
-tenant's ``crm:{t}:metrics`` hash (one pipeline), where ``publish_metrics`` aggregates every
-process's counters. Field names and arithmetic live in ``crmcache.read_metrics``.
+trip per read). The background thread flushes every tenant's increments since the last flush
+into each tenant's ``crm:{t}:metrics`` hash (one pipeline for all tenants), where
+``publish_metrics`` aggregates every process's counters. Field names and arithmetic live in
+``crmcache.read_metrics``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crmcache import keyspace
@@ -44,7 +46,6 @@ class ReadMetrics:
         self._buckets: dict[str, list[int]] = {f: [0] * BUCKETS for f in FAMILIES}
         self._sums: dict[str, int] = dict.fromkeys(FAMILIES, 0)
         self._flushed: dict[str, int] = {}
-        self._flush_lock = threading.Lock()
 
     def record(
         self,
@@ -105,22 +106,14 @@ class ReadMetrics:
     def summary(self) -> dict[str, Any]:
         return summarize(self.counts())
 
-    def flush(self, redis: ReadCommands, tenant: str) -> int:
-        """HINCRBY the increments since the last successful flush; returns fields sent.
+    def pending(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(every counter now, its increment since the last successful flush, non-zero only)."""
+        current = self.counts()
+        deltas = {k: v - self._flushed.get(k, 0) for k, v in current.items()}
+        return current, {k: v for k, v in deltas.items() if v}
 
-        Raises StoreUnavailable (and keeps the increments for the next flush) when Redis fails.
-        """
-        with self._flush_lock:
-            current = self.counts()
-            deltas = {k: v - self._flushed.get(k, 0) for k, v in current.items()}
-            deltas = {k: v for k, v in deltas.items() if v}
-            if not deltas:
-                return 0
-            redis.add_counters(
-                TenantKeys.of(tenant).metrics, deltas, keyspace.METRICS_TENANTS, tenant
-            )
-            self._flushed = current
-            return len(deltas)
+    def mark_flushed(self, counts: dict[str, int]) -> None:
+        self._flushed = counts
 
     def reset(self) -> None:
         """Start from zero (a forked child: the parent reports its own counts)."""
@@ -129,4 +122,25 @@ class ReadMetrics:
         self._buckets = {f: [0] * BUCKETS for f in FAMILIES}
         self._sums = dict.fromkeys(FAMILIES, 0)
         self._flushed = {}
-        self._flush_lock = threading.Lock()
+
+
+def flush_counters(redis: ReadCommands, tenants: Sequence[tuple[str, ReadMetrics]]) -> int:
+    """HINCRBY every tenant's increments since its last successful flush into its
+    ``crm:{t}:metrics`` hash, all in one round trip; returns the fields sent. Raises
+    StoreUnavailable (the increments wait for the next flush) when Redis fails. Callers
+    serialize flushes (a CRMCache holds one lock), or an increment could be sent twice."""
+    rows: list[tuple[str, dict[str, int]]] = []
+    sent: list[tuple[ReadMetrics, dict[str, int]]] = []
+    names: list[str] = []
+    for tenant, metrics in tenants:
+        current, deltas = metrics.pending()
+        if deltas:
+            rows.append((TenantKeys.of(tenant).metrics, deltas))
+            sent.append((metrics, current))
+            names.append(tenant)
+    if not rows:
+        return 0
+    redis.add_counters(rows, keyspace.METRICS_TENANTS, names)
+    for metrics, current in sent:
+        metrics.mark_flushed(current)
+    return sum(len(deltas) for _, deltas in rows)

@@ -20,7 +20,9 @@ every balance this process holds, and nothing else.
 from __future__ import annotations
 
 import threading
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
+
+from consumer.read.budget import EntryBudget
 
 Entry: TypeAlias = tuple[Any, int, float]
 """(value, generation, monotonic time it was read from Redis)."""
@@ -28,14 +30,18 @@ Balance: TypeAlias = tuple[int | float, int, bytes]
 """(available credits, meta version and epoch it was read at)."""
 
 EVICT_FRACTION = 10
+K = TypeVar("K")
 
 
-def make_room(table: dict[Any, Any], max_entries: int, key: Any) -> None:
-    """Bounded memory: when ``table`` is full and ``key`` is new, drop its oldest tenth (dicts
-    keep insertion order). The one eviction rule of the read side's process-local copies."""
-    if len(table) >= max_entries and key not in table:
-        for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
-            table.pop(old, None)
+def drop_oldest(table: dict[K, Any]) -> list[K]:
+    """Drop the oldest tenth (at least one) of ``table`` and return the keys dropped (dicts keep
+    insertion order). The one eviction rule of the read side's process-local copies; safe with
+    concurrent reads and puts of the table (each pop is atomic)."""
+    dropped = []
+    for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
+        if table.pop(old, None) is not None:
+            dropped.append(old)
+    return dropped
 
 
 class NearCache:
@@ -45,9 +51,13 @@ class NearCache:
     comparisons on the hot path); changes to coherence state take ``lock``.
     """
 
-    def __init__(self, staleness_ms: int, max_entries: int) -> None:
+    def __init__(
+        self, staleness_ms: int, max_entries: int = 0, budget: EntryBudget | None = None
+    ) -> None:
+        """``budget``: the process's entry budget shared by every tenant; without one, a
+        budget of ``max_entries`` of its own."""
         self.bound = staleness_ms / 1000.0
-        self.max_entries = max_entries
+        self.budget = budget if budget is not None else EntryBudget(max_entries)
         self.costs: dict[str, Entry] = {}
         """operationCode -> (cost or None for "not configured", gen, read_at)"""
         self.users: dict[str, Entry] = {}
@@ -63,6 +73,7 @@ class NearCache:
         self.ready = False
         self.confirmed_at = 0.0
         self.trusted_until = 0.0
+        self.budget.register(self)
 
     # --- coherence ---------------------------------------------------------------------------
 
@@ -123,8 +134,15 @@ class NearCache:
     # --- entries -----------------------------------------------------------------------------
 
     def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
-        make_room(table, self.max_entries, key)
+        if key not in table:
+            self.budget.admit(self)
         table[key] = (value, gen, read_at)
+
+    def evict_oldest(self) -> int:
+        """Drop the oldest tenth (at least one) of the largest table; returns how many. Called
+        by the budget, from whichever tenant's read needs room."""
+        tables: tuple[dict[str, Any], ...] = (self.costs, self.users, self.roles, self.balances)
+        return len(drop_oldest(max(tables, key=len)))
 
     def balance(self, user_id: str, now: float) -> int | float | None:
         """The user's balance when it was read at the current version and epoch, and the
@@ -146,7 +164,8 @@ class NearCache:
         with self.lock:
             if version != self.version or epoch != self.epoch:
                 return False
-            make_room(self.balances, self.max_entries, user_id)
+            if user_id not in self.balances:
+                self.budget.admit(self)
             self.balances[user_id] = (value, version, epoch)
             return True
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from config.settings import Settings
 from consumer.read.connection import ReaderConnection
 from consumer.read.metrics import ReadMetrics
-from consumer.read.near_cache import make_room
+from consumer.read.near_cache import drop_oldest
 from consumer.read.results import ReferenceResult
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound, WrapperUnavailable
 from crmcache.keyspace import TenantKeys
@@ -49,29 +49,66 @@ class Kept:
 
 
 class LocalCopies:
-    """Bounded (oldest first out) map of last answers per (kind, id)."""
+    """The process's last answers per (tenant, kind, id), for when Redis fails: bounded, oldest
+    first out, across every tenant. Each tenant reads and writes through ``of(tenant)``."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._items: dict[tuple[str, str], Kept] = {}
+        self._items: dict[tuple[str, str, str], Kept] = {}
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, kind: str, entity_id: str) -> Kept | None:
-        return self._items.get((kind, entity_id))
+    def of(self, tenant: str) -> TenantCopies:
+        return TenantCopies(self, tenant)
 
-    def put(self, kind: str, entity_id: str, kept: Kept) -> None:
+    def get(self, key: tuple[str, str, str]) -> Kept | None:
+        return self._items.get(key)
+
+    def put(self, key: tuple[str, str, str], kept: Kept) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
-            key = (kind, entity_id)
-            make_room(self._items, self.max_entries, key)
+            if key not in self._items:
+                if len(self._items) >= self.max_entries:
+                    for old in drop_oldest(self._items):
+                        self._counts[old[0]] -= 1
+                self._counts[key[0]] = self._counts.get(key[0], 0) + 1
             self._items[key] = kept
+
+    def count(self, tenant: str) -> int:
+        return self._counts.get(tenant, 0)
+
+    def drop(self, tenant: str) -> None:
+        """Forget a tenant's copies (the tenant was dropped from the process)."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == tenant]:
+                del self._items[key]
+            self._counts.pop(tenant, None)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+
+
+class TenantCopies:
+    """One tenant's part of the local copies: its keys cannot reach another tenant's."""
+
+    __slots__ = ("_copies", "tenant")
+
+    def __init__(self, copies: LocalCopies, tenant: str) -> None:
+        self._copies = copies
+        self.tenant = tenant
+
+    def get(self, kind: str, entity_id: str) -> Kept | None:
+        return self._copies.get((self.tenant, kind, entity_id))
+
+    def put(self, kind: str, entity_id: str, kept: Kept) -> None:
+        self._copies.put((self.tenant, kind, entity_id), kept)
+
+    def __len__(self) -> int:
+        return self._copies.count(self.tenant)
 
 
 class Lease:
@@ -181,7 +218,7 @@ class ReadThrough:
         conn: ReaderConnection,
         wrapper: Callable[[], WrapperClient],
         metrics: ReadMetrics,
-        local: LocalCopies,
+        local: TenantCopies,
     ) -> None:
         self.tenant = tenant
         self.settings = settings

@@ -1,0 +1,60 @@
+"""What one tenant holds in a process: its near-cache, counters, preload requests, and the
+critical, reference and balance readers over the client's shared connection, Wrapper session,
+entry budget and local copies.
+
+Built on the tenant's first read (no I/O: a cold tenant's first answer costs one Redis round
+trip) and dropped once ``CRM_TENANT_IDLE_TIMEOUT`` passes without a read; a view that still
+holds a dropped state builds a new one on its next read (``TenantState.dropped``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from consumer.read.balances import BalanceReader
+from consumer.read.critical import CriticalReader
+from consumer.read.metrics import ReadMetrics
+from consumer.read.near_cache import NearCache
+from consumer.read.readiness import PreloadRequests
+from consumer.read.reference import ReferenceReader
+from crmcache.keyspace import TenantKeys
+
+if TYPE_CHECKING:
+    from consumer.read.cache import CRMCache
+
+
+class TenantState:
+    """One tenant's readers and copies in one process."""
+
+    def __init__(self, tenant: str, cache: CRMCache) -> None:
+        settings, conn, wrapper = cache.settings, cache.conn, cache.wrapper
+        self.tenant = tenant
+        self.keys = TenantKeys.of(tenant)
+        self.metrics = ReadMetrics()
+        self.near = NearCache(settings.near_cache_staleness_ms, budget=cache.budget)
+        self.preloads = PreloadRequests(tenant, settings, conn)
+        self.local = cache.local.of(tenant)
+        self.critical = CriticalReader(
+            tenant, settings, conn, self.near, self.metrics, self.preloads.request
+        )
+        self.reference = ReferenceReader(tenant, settings, conn, wrapper, self.metrics, self.local)
+        self.balances = BalanceReader(tenant, settings, conn, wrapper, self.metrics, self.local)
+        self.used = True
+        """Set by every read; the background clears it and notes ``last_used``."""
+        self.last_used = time.monotonic()
+        self.dropped = False
+
+    def note_use(self, now: float) -> None:
+        """The background's view of ``used`` (reads only set a flag: no clock on the hot path)."""
+        if self.used:
+            self.used = False
+            self.last_used = now
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.used else now - self.last_used
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh near-cache lock and no trust, counters from zero."""
+        self.near.reset_after_fork()
+        self.metrics.reset()
