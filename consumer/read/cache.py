@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet[CRMCache] = weakref.WeakSet()
 _shared: dict[Settings, CRMCache] = {}
 _shared_lock = threading.Lock()
-RECOUNT_SECONDS = 1.0
+SWEEP_SECONDS = 1.0
+"""How often the background looks for idle tenants and recounts the entry budget."""
 
 
 class CRMCache:
@@ -75,7 +76,9 @@ class CRMCache:
         imports the HTTP stack (a few MiB of RSS)."""
         self._background = Background(self.settings, self)
         self._users = 0
-        self._next_flush = self._next_recount = 0.0
+        idle_s = self.settings.tenant_idle_timeout
+        self._sweep_every = min(SWEEP_SECONDS, idle_s / 3) if idle_s else SWEEP_SECONDS
+        self._next_flush = self._next_sweep = 0.0
         _live.add(self)
 
     # --- tenants ------------------------------------------------------------------------------
@@ -84,15 +87,14 @@ class CRMCache:
         """A view of one tenant (cheap: build one per request if that reads best)."""
         return TenantView(self, tenant_id)
 
-    def state(self, tenant: str, *, touch: bool = True) -> TenantState:
-        """The tenant's state, built on first use; ``touch`` False: not counted as a read."""
+    def state(self, tenant: str) -> TenantState:
+        """The tenant's state, built on first use."""
         state = self._tenants.get(tenant)
         if state is None:
             with self._lock:
                 state = self._tenants.get(tenant)
                 if state is None:
                     state = TenantState(validate_tenant(tenant), self)
-                    state.used = touch
                     self._tenants[tenant] = state
         return state
 
@@ -213,8 +215,6 @@ class CRMCache:
 
     def tick(self, now: float) -> None:
         states = list(self._tenants.values())
-        for state in states:
-            state.note_use(now)
         conn = self.conn
         if conn.probe_due(now):
             if conn.probe():
@@ -228,9 +228,9 @@ class CRMCache:
         if now >= self._next_flush:
             self._next_flush = now + self.settings.metrics_flush_interval
             self._quietly(self.flush_metrics)
-        self._drop_idle(states, now)
-        if now >= self._next_recount:
-            self._next_recount = now + RECOUNT_SECONDS
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_every
+            self._drop_idle(states, now)
             self.budget.recount()
 
     def _confirm(self, states: list[TenantState]) -> None:
@@ -244,13 +244,15 @@ class CRMCache:
 
     def _drop_idle(self, states: list[TenantState], now: float) -> None:
         idle_s = self.settings.tenant_idle_timeout
+        for state in states:
+            state.note_use(now)
         idle = [s for s in states if idle_s and s.idle_for(now) > idle_s]
         if not idle:
             return
         self._quietly(lambda: self.flush_metrics([s.tenant for s in idle]))
         with self._lock:
             for state in idle:
-                if self._tenants.get(state.tenant) is state and not state.used:
+                if self._tenants.get(state.tenant) is state and not state.note_use(now):
                     del self._tenants[state.tenant]
                     state.dropped = True
         for state in idle:

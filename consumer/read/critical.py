@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,19 @@ def _check(
 
 class CriticalReader:
     """One tenant's critical reads in this process, over its near-cache."""
+
+    __slots__ = (
+        "tenant",
+        "keys",
+        "near",
+        "serve_near",
+        "max_age_ms",
+        "conn",
+        "metrics",
+        "on_not_ready",
+        "_cost_keys",
+        "_access_keys",
+    )
 
     def __init__(
         self,
@@ -125,7 +139,7 @@ class CriticalReader:
             self.on_not_ready()
             return self._cost_last_known(operation, start, degraded=False)
         if gen is not None and meta.ready:
-            self.near.put(self.near.costs, operation, cost, gen, read_at)
+            self.near.put(self.near.costs, sys.intern(operation), cost, gen, read_at)
         self.metrics.record(COSTS, True, _perf_ns() - start)
         return CreditCost(operation, cost, True, False, 0.0, "redis")
 
@@ -194,7 +208,10 @@ class CriticalReader:
         gen = self.near.observe(meta.epoch, meta.version, read_at, meta.ready)
         status = parse_status(status_raw)
         role_ids = parse_role_ids(roles_raw)
-        grants = {pairs[i].decode(): parse_grants(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        grants = {
+            sys.intern(pairs[i].decode()): parse_grants(pairs[i + 1])
+            for i in range(0, len(pairs), 2)
+        }
         decision = decide(status, role_ids, grants.get, permission, meta.ready)
         if decision is Decision.UNKNOWN:
             self.on_not_ready()
@@ -274,10 +291,10 @@ class CriticalReader:
     def _fill(self, loaded: dict[DataClass, dict[bytes, bytes]], gen: int, read_at: float) -> int:
         near, count = self.near, 0
         for op, raw in loaded.get(DataClass.CREDIT_COSTS, {}).items():
-            near.put(near.costs, op.decode(), parse_cost(raw), gen, read_at)
+            near.put(near.costs, sys.intern(op.decode()), parse_cost(raw), gen, read_at)
             count += 1
         for role, raw in loaded.get(DataClass.ROLES, {}).items():
-            near.put(near.roles, role.decode(), parse_grants(raw), gen, read_at)
+            near.put(near.roles, sys.intern(role.decode()), parse_grants(raw), gen, read_at)
             count += 1
         if DataClass.USER_STATUS in loaded and DataClass.USER_ROLES in loaded:
             roles_of = loaded[DataClass.USER_ROLES]

@@ -51,6 +51,22 @@ class NearCache:
     comparisons on the hot path); changes to coherence state take ``lock``.
     """
 
+    __slots__ = (
+        "bound",
+        "budget",
+        "costs",
+        "users",
+        "roles",
+        "balances",
+        "lock",
+        "gen",
+        "version",
+        "epoch",
+        "ready",
+        "confirmed_at",
+        "trusted_until",
+    )
+
     def __init__(
         self, staleness_ms: int, max_entries: int = 0, budget: EntryBudget | None = None
     ) -> None:

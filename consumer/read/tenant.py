@@ -3,8 +3,9 @@ critical, reference and balance readers over the client's shared connection, Wra
 entry budget and local copies.
 
 Built on the tenant's first read (no I/O: a cold tenant's first answer costs one Redis round
-trip) and dropped once ``CRM_TENANT_IDLE_TIMEOUT`` passes without a read; a view that still
-holds a dropped state builds a new one on its next read (``TenantState.dropped``).
+trip) and dropped once ``CRM_TENANT_IDLE_TIMEOUT`` passes without a read (the background sees
+reads in the tenant's counters); a view that still holds a dropped state builds a new one on
+its next read (``TenantState.dropped``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
 class TenantState:
     """One tenant's readers and copies in one process."""
 
+    __slots__ = (
+        "tenant",
+        "keys",
+        "metrics",
+        "near",
+        "preloads",
+        "local",
+        "critical",
+        "reference",
+        "balances",
+        "last_used",
+        "_reads_seen",
+        "dropped",
+    )
+
     def __init__(self, tenant: str, cache: CRMCache) -> None:
         settings, conn, wrapper = cache.settings, cache.conn, cache.wrapper
         self.tenant = tenant
@@ -40,19 +56,23 @@ class TenantState:
         )
         self.reference = ReferenceReader(tenant, settings, conn, wrapper, self.metrics, self.local)
         self.balances = BalanceReader(tenant, settings, conn, wrapper, self.metrics, self.local)
-        self.used = True
-        """Set by every read; the background clears it and notes ``last_used``."""
         self.last_used = time.monotonic()
+        """When the background last saw this tenant's read counters move."""
+        self._reads_seen = 0
         self.dropped = False
 
-    def note_use(self, now: float) -> None:
-        """The background's view of ``used`` (reads only set a flag: no clock on the hot path)."""
-        if self.used:
-            self.used = False
-            self.last_used = now
+    def note_use(self, now: float) -> bool:
+        """Called by the background every tick: whether the tenant was read since the last
+        call (its counters moved: reads mark nothing else, so the hot path stays as it was)."""
+        reads = self.metrics.reads()
+        if reads == self._reads_seen:
+            return False
+        self._reads_seen = reads
+        self.last_used = now
+        return True
 
     def idle_for(self, now: float) -> float:
-        return 0.0 if self.used else now - self.last_used
+        return now - self.last_used
 
     def after_fork(self) -> None:
         """In a forked child: a fresh near-cache lock and no trust, counters from zero."""

@@ -46,6 +46,8 @@ DEFAULT_OPERATION = "crm.credits.deduct"
 class TenantView:
     """Critical reads (near-cache, Redis), reference reads (read-through), metrics: one tenant."""
 
+    __slots__ = ("tenant", "cache", "settings", "keys", "closed", "_state")
+
     def __init__(self, cache: CRMCache, tenant_id: str) -> None:
         self.tenant = validate_tenant(tenant_id)
         self.cache = cache
@@ -59,7 +61,6 @@ class TenantView:
         state = self._state
         if state is None or state.dropped:
             state = self._state = self.cache.state(self.tenant)
-        state.used = True
         return state
 
     def _running(self) -> TenantState:
@@ -239,20 +240,14 @@ class TenantView:
             raise ValueError(f"unknown cache key kind {kind!r}")
         return self._live().reference.expiry(EXPIRY_KINDS[kind], entity_id)
 
-    # --- metrics (they read the state without counting as a use) ---------------------------------
-
-    def _current(self) -> TenantState:
-        state = self._state
-        if state is None or state.dropped:
-            state = self._state = self.cache.state(self.tenant, touch=False)
-        return state
+    # --- metrics ----------------------------------------------------------------------------------
 
     def get_metrics(self) -> dict[str, Any]:
         """The seed's figures (criticalHitRate, referenceHitRate, overallHitRate, totalRequests,
         cacheSize, criticalCacheSize, referenceCacheSize) plus degraded/stale counts, per-class
         counters and latency percentiles of this tenant in this process (see
         ``crmcache.read_metrics``), and the process's client (``CRMCache.get_metrics``)."""
-        state = self._current()
+        state = self._live()
         near = state.near
         summary = state.metrics.summary()
         critical_size, reference_size = near.size, len(state.local)
@@ -283,4 +278,4 @@ class TenantView:
 
     def metrics_counts(self) -> dict[str, int]:
         """The raw counters (for the Prometheus collector)."""
-        return self._current().metrics.counts()
+        return self._live().metrics.counts()
