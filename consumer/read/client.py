@@ -19,13 +19,11 @@ from __future__ import annotations
 import weakref
 
 from config.settings import Settings, get_settings
-from consumer.read.cache import CRMCache, live_tenants
+from consumer.read.cache import CRMCache
 from consumer.read.view import TenantView
 from crmcache.tenancy import validate_tenant
 
-__all__ = ["SmartCRMConsumer", "live_consumers"]
-
-live_consumers = live_tenants
+__all__ = ["SmartCRMConsumer"]
 
 
 class SmartCRMConsumer(TenantView):
