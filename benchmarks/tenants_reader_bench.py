@@ -17,7 +17,7 @@ tenants, and prints, measured in this run:
 * RSS after imports, after the Zipf reads, and with every tenant's data in the near-cache;
 * the version checks the background thread sent meanwhile (``HMGET`` calls per second).
 
-Goals (issue 14): at most 4 connections at any tenant count, RSS at most 120 MiB with 1,000
+Goals: at most 4 connections at any tenant count, RSS at most 120 MiB with 1,000
 tenants, hit p99 within 1.5x of the one-tenant figure. Prints figures; asserts nothing.
 """
 
