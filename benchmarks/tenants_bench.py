@@ -1,7 +1,7 @@
 """Many tenants: a full preload of 1,000 tenants x 1,000 users, and what 1,000 tenants cost.
 
     python -m benchmarks.tenants_bench [--tenants 1000] [--users 1000] [--workers 2]
-                                       [--concurrency 8] [--readers 1000]
+                                       [--concurrency 8]
 
 1. Preload: a local Wrapper (the sandbox, in this process) holds every tenant; Celery worker
    processes run one ``preload_all`` run with at most ``--concurrency`` preloads asking the
@@ -11,8 +11,9 @@
    (credit costs, roles, user statuses, user roles; stamps, meta and hash overhead included).
 3. Subscriber memory: RSS of a ``crmcache subscribe`` process before and after it received
    events of every tenant (5 each, with eventId and seq).
-4. Reader memory: RSS of one process holding an initialized SmartCRMConsumer per tenant
-   (``--readers`` of them, near-cache warmed), and the Redis connections it opened.
+
+One reader process serving every tenant (connections, RSS, cold and warm reads) is
+``benchmarks.tenants_reader_bench``.
 
 The sandbox's HTTP handler writes a response's headers and body separately; with Nagle's
 algorithm on, every keep-alive request then waits ~40 ms for a delayed ACK. This benchmark turns
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,55 +144,15 @@ def subscriber_memory(r: redis.Redis, env: dict[str, str], tenants: list[str]) -
     return {"subscriber RSS idle MiB": f"{idle:.1f}", "after all tenants MiB": f"{busy:.1f}"}
 
 
-def reader_probe(count: int) -> None:
-    """(--reader-probe) In its own process: RSS before/after `count` initialized readers."""
-    from consumer import SmartCRMConsumer
-
-    before = rss_mib(os.getpid())
-    readers = [SmartCRMConsumer(t).initialize() for t in tenant_ids(count)]
-    assert readers[0].check_permission("user-1", "crm.area1.view")
-    after = rss_mib(os.getpid())
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    clients = int(client.info("clients")["connected_clients"])
-    client.close()
-    print(json.dumps({"before": before, "after": after, "clients": clients}))
-    for reader in readers:
-        reader.shutdown()
-
-
-def reader_memory(r: redis.Redis, env: dict[str, str], count: int) -> dict[str, str]:
-    clients_before = int(r.info("clients")["connected_clients"])  # this process's own
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tenants_bench", "--reader-probe", str(count)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
-    return {
-        "reader RSS before MiB": f"{figures['before']:.1f}",
-        f"with {count} readers MiB": f"{figures['after']:.1f}",
-        "per reader KiB": f"{(figures['after'] - figures['before']) * 1024 / count:.0f}",
-        "Redis connections of the readers": str(figures["clients"] - clients_before - 1),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--users", type=int, default=1000, help="users per tenant")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--concurrency", type=int, default=8, help="CRM_PRELOAD_CONCURRENCY")
-    parser.add_argument("--readers", type=int, default=1000, help="readers in one process")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--sandbox-nagle", action="store_true", help="keep the 40 ms stall")
-    parser.add_argument("--reader-probe", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.reader_probe:
-        reader_probe(args.reader_probe)
-        return 0
     load_before = os.getloadavg()[0]
 
     from sandbox.handler import SandboxRequestHandler
@@ -249,7 +209,6 @@ def main() -> int:
             "bytes per user": f"{used / max(args.tenants * args.users, 1):.0f}",
         }
         rows.update(subscriber_memory(r, env, tenants))
-        rows.update(reader_memory(r, env, min(args.readers, args.tenants)))
         r.close()
 
     print(

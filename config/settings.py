@@ -212,6 +212,13 @@ class Settings(BaseSettings):
     near_cache_max_entries: int = Field(
         default=500_000, ge=100, validation_alias=_env("CRM_NEAR_CACHE_MAX_ENTRIES")
     )
+    """Near-cache entries of a reader process across all its tenants, shared fairly (a tenant
+    under its share takes room from the one holding most; consumer/read/budget.py)."""
+    tenant_idle_timeout: float = Field(
+        default=300.0, ge=0, le=7 * 86_400, validation_alias=_env("CRM_TENANT_IDLE_TIMEOUT")
+    )
+    """Seconds without a read after which a reader process forgets a tenant (its near-cache,
+    counters and version checks); its next read loads it again. 0: never."""
     near_cache_warm_max: int = Field(
         default=50_000, ge=0, validation_alias=_env("CRM_NEAR_CACHE_WARM_MAX")
     )

@@ -97,6 +97,21 @@ PRELOAD_SLOTS = "crm:{preload}:slots"
 OUTBOX_GROUP = "settlers"
 """The consumer group of every tenant's credit outbox stream."""
 
+# Fields of a tenant's meta hash (``TenantKeys.meta``), and of a reference entry.
+META_READY = "ready"
+""""1" once the tenant's critical data was loaded (a preload marked it)."""
+META_VERSION = "version"
+"""Bumped by every applied change (and charge); readers confirm their near-cache against it."""
+META_EPOCH = "epoch"
+"""Random, set by the first reader or preload; a new one means Redis lost the data."""
+META_LAST_EVENT_MS = "last-event-ms"
+META_LAST_PRELOAD_MS = "last-preload-ms"
+META_PRELOAD_STARTED_MS = "preload-started-ms"
+READY_FLAG = b"1"
+"""``META_READY``'s value, as Redis returns it."""
+REF_EXPIRES_MS = "expires-ms"
+"""Field of a reference entry (``TenantKeys.ref``): when it stops being fresh, epoch ms."""
+
 
 class DataClass(enum.StrEnum):
     """A versioned critical-data hash. The order is the order of KEYS in apply_events.lua."""
@@ -124,6 +139,20 @@ def input_patterns(tenants: tuple[str, ...] = ()) -> list[str]:
     if tenants:
         return [f"{CHANNEL_PREFIX}{validate_tenant(t)}:{s}" for t in tenants for s in STREAMS]
     return [f"{CHANNEL_PREFIX}*:{s}" for s in STREAMS]
+
+
+CHANGES_SUFFIX = ":changes"
+CHANGES_PATTERN = f"{CHANNEL_PREFIX}*{CHANGES_SUFFIX}"
+"""PSUBSCRIBE pattern of every tenant's change notifications (``TenantKeys.changes_channel``):
+what a reader process serving many tenants listens to, on one connection."""
+
+
+def tenant_of_changes_channel(channel: str) -> str | None:
+    """The tenant whose change notifications ``channel`` carries, or None (another shape)."""
+    if not (channel.startswith(CHANNEL_PREFIX) and channel.endswith(CHANGES_SUFFIX)):
+        return None
+    tenant = channel[len(CHANNEL_PREFIX) : -len(CHANGES_SUFFIX)]
+    return tenant if is_valid_tenant(tenant) else None
 
 
 TENANT_META_PATTERN = "crm:{*}:meta"
@@ -180,7 +209,7 @@ class TenantKeys:
 
     @property
     def changes_channel(self) -> str:
-        return f"{CHANNEL_PREFIX}{self.tenant}:changes"
+        return f"{CHANNEL_PREFIX}{self.tenant}{CHANGES_SUFFIX}"
 
     @property
     def metrics_channel(self) -> str:

@@ -8,26 +8,61 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 
 from crmcache import keyspace
 from crmcache.errors import StoreUnavailable
 from crmcache.events import Event, plan_writes
 from crmcache.keyspace import DATA_CLASSES, DataClass, TenantKeys
 
+if TYPE_CHECKING:
+    import redis.asyncio
+
 _CLASS_INDEX = {data_class: i + 1 for i, data_class in enumerate(DATA_CLASSES)}
 _CLASS_NAMES = json.dumps([c.value for c in DATA_CLASSES])
 SNAPSHOT_CHUNK = 500
 APPLIED_BATCH_RECORD_MS = 30_000
 """How long apply_events.lua remembers a batch it ran; the subscriber looks once a second."""
+
+
+_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_registered_lock = threading.Lock()
+
+
+def _registered_script(client: Any, name: str) -> Any:
+    scripts = _registered.get(client)
+    script = scripts.get(name) if scripts is not None else None
+    if script is None:
+        with _registered_lock:
+            scripts = _registered.setdefault(client, {})
+            script = scripts.get(name)
+            if script is None:
+                script = client.register_script(keyspace.lua_source(name))
+                scripts[name] = script
+    return script
+
+
+def lua_script(client: redis.Redis, name: str) -> Script:
+    """``crmcache/lua/<name>.lua`` registered on ``client`` (EVALSHA, EVAL on NOSCRIPT). The
+    process's one script registry: the write side, the readers and the HTTP API share it."""
+    script: Script = _registered_script(client, name)
+    return script
+
+
+def async_lua_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
+    """``lua_script`` for an asyncio client (the HTTP API's event loop)."""
+    script: AsyncScript = _registered_script(client, name)
+    return script
 
 
 @contextmanager
@@ -76,15 +111,10 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._scripts: dict[str, Script] = {}
 
     def script(self, name: str) -> Script:
         """The registered Lua script ``crmcache/lua/<name>.lua`` (EVALSHA, EVAL on NOSCRIPT)."""
-        script = self._scripts.get(name)
-        if script is None:
-            script = self.redis.register_script(keyspace.lua_source(name))
-            self._scripts[name] = script
-        return script
+        return lua_script(self.redis, name)
 
     # --- credits ----------------------------------------------------------------------------
 

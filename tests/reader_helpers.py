@@ -1,6 +1,7 @@
 """Helpers shared by the read-side tests (tests/test_reader_*.py): building readers with
-setting overrides, preloading a tenant through the real preload, and forking a child that
-reports back through a pipe."""
+setting overrides, preloading a tenant through the real preload (or many tenants through the
+write side's snapshot scripts), applying a cost change as the workers do, and forking a child
+that reports back through a pipe."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 from config.settings import Settings
 from consumer import SmartCRMConsumer
+from crmcache.events import Event
+from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.preload import preload_tenant
 from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
@@ -26,6 +29,33 @@ def preload(store: Store, settings: Settings, tenant: str = "acme") -> None:
         preload_tenant(store, client, tenant)
     finally:
         client.close()
+
+
+def load_snapshot(store: Store, tenant: str, data: dict[DataClass, list[tuple[str, str]]]) -> None:
+    """A tenant's critical data through the write side's snapshot scripts, then marked ready
+    (what a preload does, without asking the Wrapper)."""
+    s0 = store.begin_snapshot(tenant)
+    for data_class, items in data.items():
+        store.write_snapshot(tenant, data_class, s0, items)
+    store.mark_ready(tenant, s0)
+
+
+def small_tenant(cost: float, users: int = 3) -> dict[DataClass, list[tuple[str, str]]]:
+    """One operation (``crm.leads.create`` at ``cost``), a role granting it, active users."""
+    return {
+        DataClass.CREDIT_COSTS: [("crm.leads.create", json.dumps(cost))],
+        DataClass.ROLES: [("sales", json.dumps(["crm.leads.*"]))],
+        DataClass.USER_STATUS: [(f"user-{i}", "active") for i in range(users)],
+        DataClass.USER_ROLES: [(f"user-{i}", json.dumps(["sales"])) for i in range(users)],
+    }
+
+
+def apply_cost(store: Store, tenant: str, op: str, value: float) -> None:
+    """The workers' path: a credit-config-changed event applied (and announced) for ``tenant``."""
+    seq = int(store.redis.incr(TenantKeys.of(tenant).seq))
+    data = {"operationCode": op, "newValue": value}
+    event = Event(tenant, "credit-configs", "credit-config-changed", data, seq=seq)
+    store.apply_events(tenant, [event])
 
 
 @contextmanager

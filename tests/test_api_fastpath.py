@@ -39,7 +39,7 @@ def reader(settings: Any, preload: Any, store: Any) -> Iterator[SmartCRMConsumer
     # done: a version check racing a test's write would see a version ahead of the
     # notifications and (rightly) start a new generation.
     wait_until(
-        lambda: store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] >= 1,
+        lambda: consumer.cache.listening,
         what="the reader's subscription",
     )
     time.sleep(0.3)
@@ -73,7 +73,7 @@ def test_what_the_near_cache_lacks_is_not_peeked(reader: SmartCRMConsumer) -> No
 def test_an_untrusted_near_cache_is_never_peeked(reader: SmartCRMConsumer, store: Any) -> None:
     assert hold_balance(store, reader, "user-456")
     # Given a near-cache whose confirmation lapsed (as after CRM_NEAR_CACHE_STALENESS_MS)
-    reader._critical.near.trusted_until = 0.0
+    reader.cache.on_disconnect()  # what a lost notification connection does: distrust copies
     # Then nothing is answered from it
     assert reader.peek_credit_cost_detail("crm.leads.create") is None
     assert reader.peek_permission_detail("user-456", "crm.leads.create") is None

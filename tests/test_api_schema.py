@@ -39,3 +39,27 @@ def test_no_5xx_and_every_answer_matches_the_schema(serve: Any, preload: Any, r:
                 case.call_and_validate(headers=ACME)
 
             check()
+
+
+def test_patterns_mean_the_same_to_the_schema_and_to_the_api(serve: Any) -> None:
+    # Given the OpenAPI document's patterns (JSON Schema reads them as ECMA-262 regexes)
+    with serve() as client:
+        document = client.get("/openapi.json").json()
+    patterns: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                patterns.append(node["pattern"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(document)
+    assert patterns
+    # Then none uses a class whose members differ between Python's re and ECMA-262
+    # (\s, \w, \d, \b are Unicode-aware in Python, narrower or otherwise in ECMA-262)
+    for pattern in patterns:
+        assert not any(f"\\{c}" in pattern for c in "sSwWdDbB"), pattern

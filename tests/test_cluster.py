@@ -1,5 +1,6 @@
 """crmcache on a Redis Cluster: three masters started by the harness, the cache named by
-``redis+cluster://``; a real worker process, an in-process subscriber and readers use it.
+``redis+cluster://``; a real worker process, an in-process subscriber, readers and the HTTP API
+use it.
 
 Every multi-key command and Lua script must stay within one tenant's slot (the ``{tenant}``
 hash tag), or the Cluster answers CROSSSLOT: the end-to-end runs below prove they do, with
@@ -17,18 +18,27 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from pydantic import SecretStr
 
 from config.celery import celery_config
 from config.settings import ConfigError, load_settings
+from consumer.api import create_app
 from consumer.ingest.subscriber import Subscriber
 from consumer.read.client import SmartCRMConsumer
 from crmcache.keyspace import DataClass, RefKind, TenantKeys
 from crmcache.redis_client import make_redis
+from crmcache.store import Store
 from ops.dev.redis_server import RedisServer
 from tasks.producer import CeleryEnqueuer
+from tests.api_support import lead_body
 from tests.conftest import RunningSubscriber, wait_until
 from tests.processes import Proc, worker_args
+from tests.reader_helpers import apply_cost, load_snapshot, small_tenant
 from tests.redis_topologies import RedisClusterHarness
+
+LEAD = "crm.leads.create"
+ASK = {"userId": "user-1", "permission": LEAD}
+VALIDATE = {"operation": LEAD, "userId": "user-1"}
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +213,56 @@ def test_a_preload_and_a_reader_work_against_the_cluster(
         assert cr.get(acme.balance("user-456")) == b"95"
     finally:
         reader.shutdown()
+
+
+def test_the_http_api_serves_tenants_on_every_master_through_one_client(
+    cr: redis.Redis, cluster: RedisClusterHarness, cluster_settings: Any
+) -> None:
+    from tests.api_fixtures import LiveServer
+
+    # Given loaded tenants whose keys live on three different masters, each with a balance
+    tenants = tenants_on_every_master(cluster)
+    store = Store(cr)
+    for n, tenant in enumerate(tenants):
+        load_snapshot(store, tenant, small_tenant(n + 1))
+        cr.set(TenantKeys.of(tenant).balance("user-1"), "50")
+    api_keys = ",".join(f"{tenant}:key-{tenant}" for tenant in tenants)
+    app = create_app(cluster_settings.model_copy(update={"api_keys": SecretStr(api_keys)}))
+    try:
+        with LiveServer(app) as client:
+            # When the API is asked for each of them
+            ready = client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["tenants"] == dict.fromkeys(tenants, True)
+            for n, tenant in enumerate(tenants):
+                key = {"X-API-Key": f"key-{tenant}"}
+                check = client.get("/api/permissions/check", params=ASK, headers=key)
+                assert check.json()["authorized"] is True, check.text
+                valid = client.get("/api/credits/validate", params=VALIDATE, headers=key)
+                assert (valid.json()["creditCost"], valid.json()["availableCredits"]) == (n + 1, 50)
+                lead = client.post(
+                    "/api/leads",
+                    json=lead_body("user-1"),
+                    headers={**key, "Idempotency-Key": f"cluster-{tenant}"},
+                )
+                # Then every answer comes from that tenant's slot, scripts included
+                assert lead.status_code == 201, lead.text
+                assert lead.json()["remainingCredits"] == 50 - (n + 1)
+            # And a change applied on any master reaches the API's near-cache
+            for n, tenant in enumerate(tenants):
+                apply_cost(store, tenant, LEAD, 10 + n)
+            for n, tenant in enumerate(tenants):
+                key = {"X-API-Key": f"key-{tenant}"}
+                wait_until(
+                    lambda key=key, n=n: (
+                        client.get("/api/credits/validate", params=VALIDATE, headers=key).json()[
+                            "creditCost"
+                        ]
+                        == 10 + n
+                    ),
+                    what=f"{tenant}'s new cost",
+                )
+            # ... all through the one client of the process
+            assert app.state.service.cache.tenants() == sorted(tenants)
+    finally:
+        app.state.service.close()

@@ -76,7 +76,7 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
             crm.initialize()
             assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
             wait_until(
-                lambda: own_store.redis.pubsub_numsub(KEYS.changes_channel)[0][1] == 1,
+                lambda: crm.cache.listening,
                 what="the reader's subscription",
             )
             time.sleep(0.3)  # its confirmation handled (a revalidation) before we change data
@@ -96,14 +96,12 @@ def test_lost_notifications_make_the_reader_revalidate_before_trusting_its_copy(
 
 
 class Subscribing:
-    """A stand-in reader for the background thread: records what the thread tells it."""
+    """A stand-in client for the background thread: records what the thread tells it."""
 
     def __init__(self) -> None:
         self.subscribed = 0
 
-    changes_channel = KEYS.changes_channel
-
-    def on_change(self, version: int, written: int | None, received: float) -> None: ...
+    def on_change(self, tenant: str, version: int, written: int | None) -> None: ...
 
     def on_disconnect(self) -> None: ...
 
@@ -115,15 +113,15 @@ class Subscribing:
 
 def test_every_confirmed_subscription_is_reported_to_the_readers(settings: Any) -> None:
     with private_redis(settings) as (_, own_settings, own_store):
-        background = Background(own_settings)
         stand_in = Subscribing()
-        background.add(stand_in)
+        background = Background(own_settings, stand_in)
+        background.ensure_running()
         try:
             wait_until(lambda: stand_in.subscribed == 1, what="the first subscription")
             own_store.redis.client_kill_filter(_type="pubsub")
             wait_until(lambda: stand_in.subscribed == 2, what="the subscription after reconnect")
         finally:
-            background.discard(stand_in)
+            background.stop()
 
 
 def test_a_confirmed_subscription_revalidates_the_copy_at_once(wrapper: Any, settings: Any) -> None:
@@ -139,7 +137,7 @@ def test_a_confirmed_subscription_revalidates_the_copy_at_once(wrapper: Any, set
             own_store.redis.hincrby(KEYS.meta, "version", 1)
             assert crm.get_credit_cost("crm.leads.create") == 1  # trusted, not yet known
             # Then the confirmation (what the background thread calls) makes it known at once
-            crm.on_subscribed()
+            crm.cache.on_subscribed()
             assert crm.get_credit_cost("crm.leads.create") == 9
             assert (
                 crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
@@ -259,9 +257,7 @@ def test_an_event_that_writes_no_critical_field_keeps_the_near_cache_warm(
     preload(store, settings)
     with reader(settings, near_cache_staleness_ms=60_000) as crm:
         crm.initialize()
-        wait_until(
-            lambda: r.pubsub_numsub(KEYS.changes_channel)[0][1] == 1, what="the subscription"
-        )
+        wait_until(lambda: crm.cache.listening, what="the subscription")
         time.sleep(0.3)
         assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
         before = crm.get_metrics()["nearCache"]["version"]

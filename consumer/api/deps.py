@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import Request
 
@@ -26,17 +25,9 @@ class Stopwatch:
         return round((time.perf_counter() - self.start) * 1000, 3)
 
 
-def flag(result: Any, name: str) -> bool:
-    return bool(getattr(result, name, False))
-
-
-def iso_time(value: Any) -> str | None:
-    """A reader's expiry (epoch seconds or ms, datetime, or text) as ISO-8601 UTC."""
-    if value is None:
+def iso_time(epoch_s: float | None) -> str | None:
+    """An answer's expiry (epoch seconds) as ISO-8601 UTC, milliseconds."""
+    if epoch_s is None:
         return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = value / 1000 if value > 1e11 else value
-        return iso_time(datetime.fromtimestamp(seconds, UTC))
-    return str(value)
+    moment = datetime.fromtimestamp(epoch_s, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,11 +10,12 @@ threads fight over the GIL.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
 from consumer.api.readers import Readers, TenantReader
+from consumer.read.results import CreditCost, Number, PermissionCheck
 from crmcache import credits
 
 if TYPE_CHECKING:
@@ -29,14 +30,14 @@ async def reader_for(readers: Readers, tenant: str) -> TenantReader:
     return reader
 
 
-async def credit_cost(reader: TenantReader, operation: str) -> Any:
+async def credit_cost(reader: TenantReader, operation: str) -> CreditCost:
     answer = reader.peek_credit_cost_detail(operation)
     if answer is None:
         answer = await run_in_threadpool(reader.get_credit_cost_detail, operation)
     return answer
 
 
-async def check_permission(reader: TenantReader, user_id: str, permission: str) -> Any:
+async def check_permission(reader: TenantReader, user_id: str, permission: str) -> PermissionCheck:
     answer = reader.peek_permission_detail(user_id, permission)
     if answer is None:
         answer = await run_in_threadpool(reader.check_permission_detail, user_id, permission)
@@ -45,7 +46,7 @@ async def check_permission(reader: TenantReader, user_id: str, permission: str) 
 
 async def balance(
     service: ApiService, reader: TenantReader, tenant: str, user_id: str
-) -> tuple[Any, bool, bool, bool]:
+) -> tuple[Number | None, bool, bool, bool]:
     """(available, found, cached, stale): the near-cache's balance; else one async Redis call
     (whose answer the near-cache keeps when it was read at the version it knows); a balance
     not cached, or Redis failing, goes through the reader's read-through in the thread pool."""
@@ -60,5 +61,5 @@ async def balance(
             reader.keep_user_credits(user_id, value, version, epoch)
         return value, True, True, False
     answer = await run_in_threadpool(reader.get_user_credits_detail, user_id)
-    found = bool(getattr(answer, "found", True)) and answer.value is not None
-    return answer.value, found, bool(answer.cached), bool(answer.stale)
+    found = answer.found and answer.value is not None
+    return answer.value, found, answer.cached, answer.stale

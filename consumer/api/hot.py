@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumer.api.auth import presented_key
 from consumer.api.models import IDENT_PATTERN
+from consumer.api.readers import TenantReader
 from consumer.api.service import ApiService
 
 PERMISSIONS_PATH = "/api/permissions/check"
@@ -37,11 +38,13 @@ _ident = re.compile(IDENT_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 """What starlette's JSONResponse renders with."""
 
-Answer = Callable[[Any, dict[str, str], float], dict[str, Any] | None]
+Answer = Callable[[TenantReader, dict[str, str], float], dict[str, Any] | None]
 """(reader, query parameters, start) -> the JSON answer, or None: the route answers."""
 
 
-def _permission(reader: Any, params: dict[str, str], start: float) -> dict[str, Any] | None:
+def _permission(
+    reader: TenantReader, params: dict[str, str], start: float
+) -> dict[str, Any] | None:
     user_id, permission = params.get("userId"), params.get("permission")
     if user_id is None or permission is None or not _ident(user_id) or not _ident(permission):
         return None
@@ -58,7 +61,7 @@ def _permission(reader: Any, params: dict[str, str], start: float) -> dict[str, 
     }
 
 
-def _validate(reader: Any, params: dict[str, str], start: float) -> dict[str, Any] | None:
+def _validate(reader: TenantReader, params: dict[str, str], start: float) -> dict[str, Any] | None:
     operation, user_id = params.get("operation"), params.get("userId")
     if operation is None or user_id is None or not _ident(operation) or not _ident(user_id):
         return None

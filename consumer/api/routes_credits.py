@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
 from consumer.api.auth import tenant_of
-from consumer.api.deps import Stopwatch, flag, service_of
+from consumer.api.deps import Stopwatch, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import (
     IDENT_PATTERN,
@@ -20,6 +20,7 @@ from consumer.api.models import (
     Lead,
     LeadCreated,
 )
+from consumer.api.service import ApiService
 from crmcache import credits, leads
 from crmcache.errors import HoldClosed, InsufficientCredits
 from crmcache.leads import LEAD_OPERATION
@@ -55,12 +56,12 @@ async def validate_credits(
             "operation_not_configured",
             "operation not configured",
             operation=operation,
-            cached=flag(answer, "cached"),
+            cached=answer.cached,
         )
     available, found, balance_cached, balance_stale = await fastpath.balance(
         service, reader, tenant, userId
     )
-    if not found:
+    if not found or available is None:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
     # Hot path: the dict goes out as is; response_model still documents it, and the
     # schemathesis test checks every answer against it.
@@ -70,8 +71,8 @@ async def validate_credits(
             "creditCost": cost,
             "availableCredits": available,
             "canAfford": available >= cost,
-            "cached": flag(answer, "cached") and balance_cached,
-            "stale": flag(answer, "stale") or balance_stale,
+            "cached": answer.cached and balance_cached,
+            "stale": answer.stale or balance_stale,
             "responseTimeMs": watch.elapsed_ms(),
         }
     )
@@ -131,7 +132,7 @@ def create_lead(
     )
 
 
-def _charge_new_lead(service: Any, lead_request: leads.LeadRequest) -> leads.LeadCharged:
+def _charge_new_lead(service: ApiService, lead_request: leads.LeadRequest) -> leads.LeadCharged:
     tenant, user_id = lead_request.tenant, lead_request.user_id
     reader = service.readers.get(tenant)
     cost = reader.get_credit_cost(LEAD_OPERATION)

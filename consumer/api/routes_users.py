@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
 from consumer.api.auth import tenant_of
-from consumer.api.deps import Stopwatch, flag, iso_time, service_of
+from consumer.api.deps import Stopwatch, iso_time, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
 
@@ -37,16 +37,16 @@ IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PA
 def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
     tenant, service = tenant_of(request), service_of(request)
     answer = service.readers.get(tenant).get_user_profile_detail(userId)
-    profile = getattr(answer, "value", None)
+    profile = answer.value
     if profile is None:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
     if not isinstance(profile, dict):
         profile = {"profile": profile}
     return {
         **profile,
-        "cached": flag(answer, "cached"),
-        "stale": flag(answer, "stale"),
-        "cacheExpiry": iso_time(getattr(answer, "expires_at", None)),
+        "cached": answer.cached,
+        "stale": answer.stale,
+        "cacheExpiry": iso_time(answer.expires_at),
     }
 
 
@@ -69,9 +69,9 @@ async def check_permission(
         {
             "userId": userId,
             "permission": permission,
-            "authorized": flag(answer, "authorized"),
-            "cached": flag(answer, "cached"),
-            "stale": flag(answer, "stale"),
+            "authorized": answer.authorized,
+            "cached": answer.cached,
+            "stale": answer.stale,
             "responseTimeMs": watch.elapsed_ms(),
         }
     )

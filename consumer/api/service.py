@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import redis
-import redis.asyncio
 from celery import Celery
 
 from config.apikeys import ApiKeyRing
@@ -14,13 +11,16 @@ from config.celery import CREDITS_QUEUE, celery_config
 from config.settings import Settings
 from consumer.api.metrics import ApiMetrics
 from consumer.api.readers import ReaderFactory, Readers
+from consumer.read.cache import CRMCache
+from consumer.read.connection import AsyncReadCommands, ReadCommands
+from consumer.read.view import TenantView
 from crmcache import credits_low
 from crmcache.errors import StoreUnavailable
 from crmcache.holds import Hold
-from crmcache.keyspace import TenantKeys, lua_source
+from crmcache.keyspace import TenantKeys
 from crmcache.lead_store import LeadStore
-from crmcache.redis_client import make_async_redis, make_redis
-from crmcache.store import Store, translate_errors
+from crmcache.redis_client import make_redis
+from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -59,27 +59,27 @@ class ApiService:
     def __init__(self, settings: Settings, reader_factory: ReaderFactory | None = None) -> None:
         self.settings = settings
         self.keys = ApiKeyRing.from_config(settings.api_keys.get_secret_value())
+        self.cache = CRMCache(settings)
+        """The read client of every tenant the keys name (one pool, one notification
+        connection, one thread, one Wrapper session)."""
         self.redis = make_redis(settings.cache_url, socket_timeout=settings.redis_socket_timeout)
+        """Writes (deductions) get the longer CRM_REDIS_SOCKET_TIMEOUT of their own pool."""
         self.store = Store(self.redis)
-        self.wrapper = WrapperClient(settings)
-        self.readers = Readers(settings, reader_factory)
+        self.commands = ReadCommands(self.redis)
+        self.readers = Readers(settings, reader_factory or self._view)
         self.settlement = SettlementQueue(settings)
         self.lead_store = LeadStore(settings.database_url.get_secret_value())
         self.metrics = ApiMetrics(self.readers)
-        self.async_redis: redis.asyncio.Redis | None = None
+        self.async_reads: AsyncReadCommands | None = None
         """For the event loop's own reads; made in the app's lifespan (bound to its loop)."""
-        self._balance_peek: Any = None
 
     async def start(self) -> None:
-        self.async_redis = make_async_redis(
-            self.settings.cache_url, socket_timeout=self.settings.reader_timeout_ms / 1000
-        )
-        self._balance_peek = self.async_redis.register_script(lua_source("balance_peek"))
+        self.async_reads = AsyncReadCommands(self.settings)
 
     async def stop(self) -> None:
-        if self.async_redis is not None:
-            await self.async_redis.aclose()
-            self.async_redis = None
+        if self.async_reads is not None:
+            await self.async_reads.close()
+            self.async_reads = None
 
     async def cached_balance(
         self, tenant: str, user_id: str
@@ -87,28 +87,45 @@ class ApiService:
         """(balance text, meta version, meta epoch), read atomically without blocking the loop;
         None when not cached, or when Redis fails (the caller then asks the reader, which
         knows the degraded rules)."""
-        if self._balance_peek is None:
+        if self.async_reads is None:
             return None
         keys = TenantKeys.of(tenant)
         try:
-            raw, version, epoch = await self._balance_peek(keys=[keys.balance(user_id), keys.meta])
-        except (redis.ConnectionError, redis.TimeoutError):
+            raw, version, epoch = await self.async_reads.script(
+                "balance_peek", [keys.balance(user_id), keys.meta]
+            )
+        except StoreUnavailable:
             return None
         if raw is None:
             return None
         return raw, int(version), epoch
 
+    def _view(self, tenant: str, settings: Settings) -> TenantView:
+        return self.cache.tenant(tenant)
+
+    @property
+    def wrapper(self) -> WrapperClient:
+        return self.cache.wrapper()
+
     @property
     def tenants(self) -> list[str]:
         return sorted(set(self.keys.tenants()))
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """(Redis answers, each served tenant's ready flag): one round trip for every tenant."""
+        tenants = self.tenants
+        try:
+            flags = self.commands.ready_flags([TenantKeys.of(t).meta for t in tenants])
+        except StoreUnavailable:
+            return False, dict.fromkeys(tenants, False)
+        return True, dict(zip(tenants, flags, strict=True))
 
     def settle_soon(self, tenant: str) -> None:
         if self.settlement.enqueue(tenant):
             return
         # Let the next deduction try again instead of waiting for the flag to expire.
         try:
-            with translate_errors():
-                self.redis.delete(TenantKeys.of(tenant).settle_scheduled)
+            self.commands.delete(TenantKeys.of(tenant).settle_scheduled)
         except StoreUnavailable:
             pass
 
@@ -124,16 +141,9 @@ class ApiService:
         if credits_low.notice(self.store, tenant, hold.user_id, before, after, threshold):
             self.metrics.credits_low.labels(tenant).inc()
 
-    def redis_ok(self) -> bool:
-        try:
-            with translate_errors():
-                return bool(self.redis.ping())
-        except StoreUnavailable:
-            return False
-
     def close(self) -> None:
         self.readers.close()
         self.settlement.close()
-        self.wrapper.close()
+        self.cache.close()
         self.lead_store.close()
         self.redis.close()

@@ -1,13 +1,15 @@
-"""One background thread per process and Redis URL, shared by every reader of that process.
+"""The one background thread of a ``CRMCache``, whatever the number of tenants it serves.
 
-It listens to the tenants' ``crm:<t>:changes`` channels (the workers' coherence signal),
-and every few milliseconds lets each reader do its periodic work (``Ticking.tick``): a version
-check when half the staleness bound has passed, a reconnect probe while Redis is down, a
-metrics flush. A lost pub/sub connection distrusts every reader's near-cache until it has
-confirmed its version again (notifications may have been missed).
+It listens to the change feed (one pub/sub connection, one pattern subscription: the workers'
+coherence signal for every tenant) and every ``POLL_SECONDS`` lets the client do its periodic
+work (``Listener.tick``: version checks, the reconnect probe while Redis is down, the metrics
+flush, dropping idle tenants). A lost pub/sub connection distrusts every tenant's near-cache
+until it is confirmed again (notifications may have been missed), and a confirmed
+(re)subscription confirms them all at once.
 
-Fork-safe: a forked child starts with no thread and no pub/sub connection (the parent's
-socket is never used by the child); the next reader call starts a new thread.
+Fork-safe: a forked child starts with no thread and no pub/sub connection (the parent's socket
+is never used by the child); the client's next read starts a new thread. The thread holds its
+client weakly and ends when the client is closed or collected.
 """
 
 from __future__ import annotations
@@ -18,27 +20,23 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
-import redis
-from redis.client import PubSub
-
 from config.settings import Settings
-from consumer.read.connection import reader_client
+from consumer.read.connection import ChangeFeed, Notice
+from crmcache.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
-PUBSUB_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class Ticking(Protocol):
-    """What a reader offers the background thread."""
+class Listener(Protocol):
+    """What the client offers its background thread."""
 
-    @property
-    def changes_channel(self) -> str: ...
-
-    def on_change(self, version: int, written: int | None, received: float) -> None: ...
+    def on_change(self, tenant: str, version: int, written: int | None) -> None: ...
 
     def on_disconnect(self) -> None: ...
 
@@ -48,62 +46,42 @@ class Ticking(Protocol):
 
 
 class Background:
-    """The shared thread. Use ``Background.for_settings(settings)``; readers ``add`` themselves
-    and ``discard`` themselves on shutdown; the thread stops when the last one leaves."""
+    """The thread. ``ensure_running`` starts it (again after a fork), ``stop`` ends it."""
 
-    _instances: dict[str, Background] = {}
-    _instances_lock = threading.Lock()
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, listener: Listener) -> None:
         self.settings = settings
-        self._readers: weakref.WeakSet[Ticking] = weakref.WeakSet()
+        self._listener = weakref.ref(listener)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._pid = os.getpid()
 
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Background:
-        with cls._instances_lock:
-            background = cls._instances.get(settings.cache_url)
-            if background is None:
-                background = cls(settings)
-                cls._instances[settings.cache_url] = background
-            return background
-
-    def add(self, reader: Ticking) -> None:
-        with self._lock:
-            self._readers.add(reader)
-        self.ensure_running()
-
-    def discard(self, reader: Ticking) -> None:
-        with self._lock:
-            self._readers.discard(reader)
-            last = not self._readers
-            thread = self._thread
-            if last:
-                self._stop.set()
-                self._thread = None
-        if last and thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and self._pid == os.getpid() and thread.is_alive()
 
     def ensure_running(self) -> None:
-        """Start the thread if this process has none (first reader, or after a fork)."""
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+        if self.running:
             return
         with self._lock:
             if self._pid != os.getpid():
-                self._after_fork()
+                self.after_fork()
             if self._thread is None or not self._thread.is_alive():
-                if not self._readers:
-                    return
                 self._stop = threading.Event()
                 self._thread = threading.Thread(
                     target=self._run, args=(self._stop,), name="crmcache-reader", daemon=True
                 )
                 self._thread.start()
 
-    def _after_fork(self) -> None:
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def after_fork(self) -> None:
         """In a forked child: no thread runs here, and a lock the parent's thread held at the
         fork would never be released."""
         self._pid = os.getpid()
@@ -111,75 +89,61 @@ class Background:
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
-    def _readers_now(self) -> list[Ticking]:
-        with self._lock:
-            return list(self._readers)
-
     # --- the thread ----------------------------------------------------------------------------
 
     def _run(self, stop: threading.Event) -> None:
-        # No retries: a lost connection must surface here (redis-py would otherwise reconnect
-        # and resubscribe silently, hiding the notifications missed meanwhile).
-        client = reader_client(self.settings, retries=0)
-        pubsub: PubSub | None = None
-        subscribed: set[str] = set()
-        delay = POLL_SECONDS
+        feed: ChangeFeed | None = None
+        delay, next_tick = POLL_SECONDS, 0.0
         try:
             while not stop.is_set():
-                readers = self._readers_now()
                 try:
-                    if pubsub is None:
-                        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-                        subscribed = set()
-                    self._listen(pubsub, subscribed, readers)
+                    if feed is None:
+                        feed = ChangeFeed(self.settings)
+                    heard = feed.poll(POLL_SECONDS)
                     delay = POLL_SECONDS
-                except PUBSUB_ERRORS as exc:
-                    logger.info("change notifications lost (%s); revalidating", exc)
-                    _close(pubsub)
-                    pubsub = None
-                    for reader in readers:
-                        reader.on_disconnect()
+                except StoreUnavailable as exc:
+                    logger.info("%s; revalidating every tenant", exc)
+                    _close(feed)
+                    feed, heard = None, []
+                    if not self._call(lambda listener: listener.on_disconnect()):
+                        return
                     stop.wait(delay)
                     delay = min(delay * 2, self.settings.reconnect_max_delay)
+                if not self._call(partial(_deliver, heard=heard)):
+                    return
                 now = time.monotonic()
-                for reader in readers:
-                    try:
-                        reader.tick(now)
-                    except Exception:  # a boundary: one reader's bug must not stop the others
-                        logger.exception("reader background work failed")
+                if now >= next_tick:
+                    next_tick = now + POLL_SECONDS
+                    if not self._call(partial(_tick, now=now)):
+                        return
         finally:
-            _close(pubsub)
-            client.close()
+            _close(feed)
 
-    def _listen(self, pubsub: PubSub, subscribed: set[str], readers: list[Ticking]) -> None:
-        by_channel: dict[str, list[Ticking]] = {}
-        for reader in readers:
-            by_channel.setdefault(reader.changes_channel, []).append(reader)
-        wanted = set(by_channel)
-        if wanted - subscribed:
-            pubsub.subscribe(*(wanted - subscribed))
-            subscribed |= wanted
-        if subscribed - wanted:
-            pubsub.unsubscribe(*(subscribed - wanted))  # type: ignore[no-untyped-call]
-            subscribed &= wanted
-        if not subscribed:
-            time.sleep(POLL_SECONDS)
-            return
-        message = pubsub.get_message(timeout=POLL_SECONDS)
-        while message is not None:
-            received = time.monotonic()
-            channel = message["channel"].decode()
-            if message["type"] == "subscribe":
-                # Confirmed only now: a version confirmed before this instant may have changed
-                # unannounced, so every reader of the channel revalidates once.
-                for reader in by_channel.get(channel, ()):
-                    reader.on_subscribed()
-            elif message["type"] == "message":
-                version, written = _version_of(message["data"])
-                if version is not None:
-                    for reader in by_channel.get(channel, ()):
-                        reader.on_change(version, written, received)
-            message = pubsub.get_message(timeout=0)
+    def _call(self, work: Callable[[Listener], None]) -> bool:
+        """Do ``work`` for the client; False when the client is gone (the thread then ends)."""
+        listener = self._listener()
+        if listener is None:
+            return False
+        try:
+            work(listener)
+        except Exception:  # a boundary: one failure must not end the thread
+            logger.exception("reader background work failed")
+        return True
+
+
+def _tick(listener: Listener, now: float) -> None:
+    listener.tick(now)
+
+
+def _deliver(listener: Listener, heard: list[Notice]) -> None:
+    """Hand what the feed heard to the client, in order."""
+    for notice in heard:
+        if notice.tenant is None:
+            listener.on_subscribed()
+            continue
+        version, written = _version_of(notice.data)
+        if version is not None:
+            listener.on_change(notice.tenant, version, written)
 
 
 def _version_of(data: object) -> tuple[int | None, int | None]:
@@ -199,19 +163,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _close(pubsub: PubSub | None) -> None:
-    if pubsub is None:
-        return
-    try:
-        pubsub.close()
-    except PUBSUB_ERRORS:
-        pass
-
-
-def _reset_after_fork() -> None:
-    Background._instances_lock = threading.Lock()
-    for background in Background._instances.values():
-        background._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+def _close(feed: ChangeFeed | None) -> None:
+    if feed is not None:
+        feed.close()

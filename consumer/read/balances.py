@@ -9,21 +9,17 @@ racing with it writes nothing). A 404 is cached briefly in ``crm:{t}:ref:credits
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from config.settings import Settings
-from consumer.read.connection import ReaderConnection
-from consumer.read.metrics import ReadMetrics
-from consumer.read.reference import POLL_FIRST, POLL_MAX, Kept, LocalCopies, parse_number
+from consumer.read.decode import parse_number
+from consumer.read.read_through import Kept, Lease, ReadThrough
 from consumer.read.results import ReferenceResult
-from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound, WrapperUnavailable
-from crmcache.keyspace import RefKind, TenantKeys
+from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound
+from crmcache.keyspace import RefKind
 
 if TYPE_CHECKING:  # the Wrapper client (requests) is imported on first upstream call
-    from crmcache.wrapper import WrapperClient
+    pass
 
 CREDITS = RefKind.CREDITS.value
 
@@ -36,151 +32,93 @@ def available_of(answer: Any) -> int | float:
     return available
 
 
-class BalanceReader:
+class BalanceReader(ReadThrough):
     """One tenant's balances in this process."""
 
-    def __init__(
-        self,
-        tenant: str,
-        settings: Settings,
-        conn: ReaderConnection,
-        wrapper: Callable[[], WrapperClient],
-        metrics: ReadMetrics,
-        local: LocalCopies,
-    ) -> None:
-        self.tenant = tenant
-        self.keys = TenantKeys.of(tenant)
-        self.conn = conn
-        self.wrapper = wrapper
-        self.metrics = metrics
-        self.local = local
-        self.lease_ms = settings.lease_ttl_ms
-        self.error_ms = settings.lease_error_ttl_ms
-        self.negative_ms = settings.negative_ttl * 1000
+    def _fetch(self, user_id: str) -> int | float:
+        return available_of(self.wrapper().user_credits(self.tenant, user_id))
 
     def get(self, user_id: str) -> ReferenceResult:
-        start = time.perf_counter_ns()
+        lease = self.lease(CREDITS)
         k = self.keys
         keys = [
             k.balance(user_id),
             k.ref(RefKind.CREDITS, user_id),
             k.lease(RefKind.CREDITS, user_id),
         ]
-        token = secrets.token_hex(12)
-        script = self.conn.script("balance_read")
-        deadline = time.monotonic() + self.lease_ms / 1000
-        poll, fetches, waited, retried = POLL_FIRST, 0, False, False
-        while True:
-            try:
-                reply = self.conn.run(lambda: script(keys=keys, args=[token, self.lease_ms]))
-            except StoreUnavailable:
-                return self._without_redis(user_id, start)
-            state = reply[0]
-            if state == b"fresh":
-                value = parse_number(reply[1])
-                self.local.put(CREDITS, user_id, Kept(value, True, time.time(), None))
-                self._record(not (fetches or waited), start, fetches)
-                return ReferenceResult(value, True, True, False, None, 0.0, "redis")
-            if state == b"not-found":
-                self._record(not (fetches or waited), start, fetches)
-                expires = int(reply[2]) / 1000
-                return ReferenceResult(None, False, True, False, expires, 0.0, "redis")
-            if state == b"lease":
-                fetches += 1
-                result = self._fetch_and_fill(user_id, keys, token, start, fetches, retried)
-                if result is not None:
-                    return result
-                retried = True  # user-deleted took our lease mid-fetch: ask once more
-                continue
-            if state == b"failed" or time.monotonic() > deadline:
-                return self._stale_or_raise(user_id, start, fetches)
-            waited = True
-            time.sleep(poll)
-            poll = min(poll * 2, POLL_MAX)
+        return lease.run(lambda: self._attempt(user_id, keys, lease))
+
+    def _attempt(self, user_id: str, keys: list[str], lease: Lease) -> ReferenceResult | None:
+        """One look at the balance (balance_read.lua); None: look again (``Lease.run``)."""
+        try:
+            reply = self.conn.script("balance_read", keys, [lease.token, self.lease_ms])
+        except StoreUnavailable:
+            answer, _ = lease.without_redis(
+                self.local.get(CREDITS, user_id), 0.0, lambda: self._fetch(user_id)
+            )
+            return answer
+        state = reply[0]
+        if state == b"fresh":
+            value = parse_number(reply[1])
+            self.local.put(CREDITS, user_id, Kept(value, True, time.time(), None))
+            lease.record(lease.first_try)
+            return ReferenceResult(value, True, True, False, None, 0.0, "redis")
+        if state == b"not-found":
+            lease.record(lease.first_try)
+            expires = int(reply[2]) / 1000
+            return ReferenceResult(None, False, True, False, expires, 0.0, "redis")
+        if state == b"lease":
+            lease.fetches += 1
+            result = self._fetch_and_fill(user_id, keys, lease)
+            if result is None:
+                lease.again()  # user-deleted took our lease mid-fetch: ask once more
+            return result
+        if state == b"failed" or lease.expired:
+            return self._stale_or_raise(user_id, lease)
+        return None
 
     def _fetch_and_fill(
-        self, user_id: str, keys: list[str], token: str, start: int, fetches: int, final: bool
+        self, user_id: str, keys: list[str], lease: Lease
     ) -> ReferenceResult | None:
         """Fetch as the lease holder and fill. None when the lease was lost and nothing is
-        cached (the caller asks again); when ``final``, the fetched answer, not cached."""
+        cached (the caller asks again); on the second try, the fetched answer, not cached."""
         try:
-            text = repr(available_of(self.wrapper().user_credits(self.tenant, user_id)))
+            text = repr(self._fetch(user_id))
         except WrapperNotFound:
             text = ""
         except WrapperError:
-            fail = self.conn.script("lease_fail")
-            try:
-                self.conn.run(lambda: fail(keys=[keys[2]], args=[token, self.error_ms]))
-            except StoreUnavailable:
-                pass
-            return self._stale_or_raise(user_id, start, fetches)
-        fill = self.conn.script("balance_fill")
+            self.give_up_lease(keys[2], lease.token)
+            return self._stale_or_raise(user_id, lease)
         try:
-            written, stored = self.conn.run(
-                lambda: fill(keys=keys, args=[token, text, self.negative_ms])
+            written, stored = self.conn.script(
+                "balance_fill", keys, [lease.token, text, self.negative_ms]
             )
         except StoreUnavailable:
-            self._record(False, start, fetches, degraded=True)
-            value = parse_number(text) if text else None
-            return ReferenceResult(value, bool(text), False, False, None, 0.0, "wrapper")
+            lease.record(False, degraded=True)
+            return _fetched(text)
         if not text and written:
-            self._record(False, start, fetches)
+            lease.record(False)
             return ReferenceResult(None, False, False, False, None, 0.0, "wrapper")
         if stored is None:
-            if not final:
+            if not lease.retried:
                 return None
-            self._record(False, start, fetches)
-            value = parse_number(text) if text else None
-            return ReferenceResult(value, bool(text), False, False, None, 0.0, "wrapper")
+            lease.record(False)
+            return _fetched(text)
         value = parse_number(stored)
         self.local.put(CREDITS, user_id, Kept(value, True, time.time(), None))
-        self._record(False, start, fetches)
+        lease.record(False)
         if written:
             return ReferenceResult(value, True, False, False, None, 0.0, "wrapper")
         return ReferenceResult(value, True, True, False, None, 0.0, "redis")
 
-    def _stale_or_raise(self, user_id: str, start: int, fetches: int) -> ReferenceResult:
+    def _stale_or_raise(self, user_id: str, lease: Lease) -> ReferenceResult:
         kept = self.local.get(CREDITS, user_id)
-        if kept is None:
-            self._record(False, start, fetches, error=True)
-            raise WrapperUnavailable(f"balance of {user_id!r}: the Wrapper failed, none cached")
-        self._record(False, start, fetches, stale=True)
-        age = (time.time() - kept.fetched_at) * 1000
-        return ReferenceResult(kept.value, kept.found, True, True, None, age, "last-known-good")
+        stale = kept.stale_result(time.time()) if kept is not None else None
+        missing = f"balance of {user_id!r}: the Wrapper failed, none cached"
+        return lease.stale_or_raise(stale, missing)
 
-    def _without_redis(self, user_id: str, start: int) -> ReferenceResult:
-        kept = self.local.get(CREDITS, user_id)
-        if kept is not None:
-            self._record(True, start, 0, stale=True, degraded=True)
-            age = (time.time() - kept.fetched_at) * 1000
-            return ReferenceResult(kept.value, kept.found, True, True, None, age, "last-known-good")
-        try:
-            value = available_of(self.wrapper().user_credits(self.tenant, user_id))
-        except WrapperNotFound:
-            self._record(False, start, 1, degraded=True)
-            return ReferenceResult(None, False, False, False, None, 0.0, "wrapper")
-        except WrapperError:
-            self._record(False, start, 1, degraded=True, error=True)
-            raise
-        self._record(False, start, 1, degraded=True)
-        return ReferenceResult(value, True, False, False, None, 0.0, "wrapper")
 
-    def _record(
-        self,
-        hit: bool,
-        start: int,
-        fetches: int,
-        *,
-        stale: bool = False,
-        degraded: bool = False,
-        error: bool = False,
-    ) -> None:
-        self.metrics.record(
-            CREDITS,
-            hit,
-            time.perf_counter_ns() - start,
-            stale=stale,
-            degraded=degraded,
-            fetches=fetches,
-            error=error,
-        )
+def _fetched(text: str) -> ReferenceResult:
+    """A balance just fetched and not cached ("" for the Wrapper's 404)."""
+    value = parse_number(text) if text else None
+    return ReferenceResult(value, bool(text), False, False, None, 0.0, "wrapper")

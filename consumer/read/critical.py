@@ -15,9 +15,7 @@ Answers, in order of preference:
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import math
 import secrets
 import sys
 import time
@@ -25,17 +23,24 @@ from collections.abc import Callable
 from typing import Any
 
 from config.settings import Settings
-from consumer.read.connection import ReaderConnection
+from consumer.read.connection import Meta, ReaderConnection
+from consumer.read.decode import parse_cost, parse_grants, parse_role_ids, parse_status
 from consumer.read.metrics import ReadMetrics
 from consumer.read.near_cache import Entry, NearCache
-from consumer.read.permissions import ACTIVE, Decision, Grants, compile_grants, decide
-from consumer.read.results import CreditCost, Number, PermissionCheck
+from consumer.read.permissions import ACTIVE, Decision, Grants, decide
+from consumer.read.results import CreditCost, PermissionCheck, Source
 from crmcache.errors import StaleDataTooOld, StoreUnavailable, TenantNotReady
 from crmcache.keyspace import DataClass, TenantKeys
 
 logger = logging.getLogger(__name__)
 
 COSTS, PERMISSIONS = "credit-costs", "permissions"
+WARM_CLASSES = (
+    DataClass.CREDIT_COSTS,
+    DataClass.USER_STATUS,
+    DataClass.USER_ROLES,
+    DataClass.ROLES,
+)
 _perf_ns = time.perf_counter_ns
 _monotonic = time.monotonic
 
@@ -44,84 +49,47 @@ _epoch_prefix = secrets.token_hex(6)
 _epoch_counter = itertools.count()
 
 
-def _new_epoch() -> str:
+def new_epoch() -> str:
     """A candidate for meta.epoch, stored by the first read that finds none (read_cost.lua).
     Unique for every call: after Redis lost the data, nobody may re-create the old epoch."""
     return f"{_epoch_prefix}-{next(_epoch_counter)}"
 
 
-def parse_cost(raw: bytes) -> Number | None:
-    """A cost as stored (JSON number text); None (with a warning) for anything else."""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        logger.warning("ignoring a malformed credit cost %r", raw[:40])
-        return None
-    return value
-
-
-_MEMO_MAX = 10_000
-_role_lists: dict[bytes, tuple[str, ...]] = {}
-_grants: dict[bytes, Grants] = {}
-
-
-def parse_role_ids(raw: bytes | None) -> tuple[str, ...] | None:
-    """A user's role ids, interned and memoized by their JSON text: thousands of users share a
-    few role lists, so this is usually one dict lookup (and one tuple shared by them all)."""
-    if raw is None:
-        return None
-    roles = _role_lists.get(raw)
-    if roles is None:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = []
-        items = value if isinstance(value, list) else []
-        roles = tuple(sys.intern(r) for r in items if isinstance(r, str))
-        if len(_role_lists) >= _MEMO_MAX:
-            _role_lists.clear()
-        _role_lists[raw] = roles
-    return roles
-
-
-def parse_status(raw: bytes | None) -> str | None:
-    return sys.intern(raw.decode()) if raw is not None else None
-
-
-def parse_grants(raw: bytes | None) -> Grants | None:
-    """A role's compiled grants, memoized by their JSON text (compiling costs ~5 µs; a role's
-    text only changes when the role does)."""
-    if raw is None:
-        return None
-    grants = _grants.get(raw)
-    if grants is None:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = []
-        grants = compile_grants(value if isinstance(value, list) else [])
-        if len(_grants) >= _MEMO_MAX:
-            _grants.clear()
-        _grants[raw] = grants
-    return grants
+def _check(
+    user_id: str, permission: str, decision: Decision, stale: bool, age: float, source: Source
+) -> PermissionCheck:
+    granted = decision is Decision.GRANTED
+    return PermissionCheck(user_id, permission, granted, decision.value, True, stale, age, source)
 
 
 class CriticalReader:
-    """One tenant's critical reads in this process."""
+    """One tenant's critical reads in this process, over its near-cache."""
+
+    __slots__ = (
+        "tenant",
+        "keys",
+        "near",
+        "serve_near",
+        "max_age_ms",
+        "conn",
+        "metrics",
+        "on_not_ready",
+        "_cost_keys",
+        "_access_keys",
+    )
 
     def __init__(
         self,
         tenant: str,
         settings: Settings,
         conn: ReaderConnection,
+        near: NearCache,
         metrics: ReadMetrics,
-        on_not_ready: Callable[[], None],
+        on_not_ready: Callable[[], object],
     ) -> None:
         self.tenant = tenant
         self.keys = TenantKeys.of(tenant)
-        self.near = NearCache(settings.near_cache_staleness_ms, settings.near_cache_max_entries)
+        self.near = near
         self.serve_near = settings.near_cache
         self.max_age_ms = settings.degraded_max_age * 1000.0
         self.conn = conn
@@ -150,35 +118,28 @@ class CriticalReader:
         if entry is not None and self.serve_near:
             now = _monotonic()
             if entry[1] == near.gen and now < near.trusted_until:
-                result = CreditCost(
-                    operation,
-                    entry[0],
-                    True,
-                    False,
-                    (now - near.confirmed_at) * 1000.0,
-                    "near-cache",
-                )
+                age = (now - near.confirmed_at) * 1000.0
+                result = CreditCost(operation, entry[0], True, False, age, "near-cache")
                 self.metrics.record_near_hit(COSTS, _perf_ns() - start)
                 return result
         return None
 
     def _credit_cost_from_redis(self, operation: str, start: int) -> CreditCost:
         read_at = _monotonic()
-        script = self.conn.script("read_cost")
         try:
-            version, ready_raw, epoch, raw = self.conn.run(
-                lambda: script(keys=self._cost_keys, args=[operation, _new_epoch()])
+            version, ready_raw, epoch, raw = self.conn.script(
+                "read_cost", self._cost_keys, [operation, new_epoch()]
             )
         except StoreUnavailable:
             return self._cost_last_known(operation, start, degraded=True)
-        ready = ready_raw == b"1"
-        gen = self.near.observe(epoch, int(version), read_at, ready)
+        meta = Meta.of(version, ready_raw, epoch)
+        gen = self.near.observe(meta.epoch, meta.version, read_at, meta.ready)
         cost = parse_cost(raw) if raw is not None else None
-        if raw is None and not ready:
+        if raw is None and not meta.ready:
             self.on_not_ready()
             return self._cost_last_known(operation, start, degraded=False)
-        if gen is not None and ready:
-            self.near.put(self.near.costs, operation, cost, gen, read_at)
+        if gen is not None and meta.ready:
+            self.near.put(self.near.costs, sys.intern(operation), cost, gen, read_at)
         self.metrics.record(COSTS, True, _perf_ns() - start)
         return CreditCost(operation, cost, True, False, 0.0, "redis")
 
@@ -214,16 +175,7 @@ class CriticalReader:
                 if decision is not None:
                     age = (now - near.confirmed_at) * 1000.0
                     self.metrics.record_near_hit(PERMISSIONS, _perf_ns() - start)
-                    return PermissionCheck(
-                        user_id,
-                        permission,
-                        decision is Decision.GRANTED,
-                        decision.value,
-                        True,
-                        False,
-                        age,
-                        "near-cache",
-                    )
+                    return _check(user_id, permission, decision, False, age, "near-cache")
         return None
 
     def _decide_cached(self, user: Entry, permission: str, gen: int | None) -> Decision | None:
@@ -245,76 +197,65 @@ class CriticalReader:
 
     def _check_from_redis(self, user_id: str, permission: str, start: int) -> PermissionCheck:
         read_at = _monotonic()
-        script = self.conn.script("read_access")
         try:
-            reply: list[Any] = self.conn.run(
-                lambda: script(keys=self._access_keys, args=[user_id, _new_epoch()])
+            reply: list[Any] = self.conn.script(
+                "read_access", self._access_keys, [user_id, new_epoch()]
             )
         except StoreUnavailable:
             return self._check_last_known(user_id, permission, start, degraded=True)
         version, ready_raw, epoch, status_raw, roles_raw, *pairs = reply
-        ready = ready_raw == b"1"
-        gen = self.near.observe(epoch, int(version), read_at, ready)
+        meta = Meta.of(version, ready_raw, epoch)
+        gen = self.near.observe(meta.epoch, meta.version, read_at, meta.ready)
         status = parse_status(status_raw)
         role_ids = parse_role_ids(roles_raw)
-        grants = {pairs[i].decode(): parse_grants(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        decision = decide(status, role_ids, grants.get, permission, ready)
+        grants = {
+            sys.intern(pairs[i].decode()): parse_grants(pairs[i + 1])
+            for i in range(0, len(pairs), 2)
+        }
+        decision = decide(status, role_ids, grants.get, permission, meta.ready)
         if decision is Decision.UNKNOWN:
             self.on_not_ready()
             return self._check_last_known(user_id, permission, start, degraded=False)
-        if gen is not None and ready:
+        if gen is not None and meta.ready:
             near = self.near
             near.put(near.users, user_id, (status, role_ids), gen, read_at)
             for role, role_grants in grants.items():
                 near.put(near.roles, role, role_grants, gen, read_at)
         self.metrics.record(PERMISSIONS, True, _perf_ns() - start)
-        return PermissionCheck(
-            user_id,
-            permission,
-            decision is Decision.GRANTED,
-            decision.value,
-            True,
-            False,
-            0.0,
-            "redis",
-        )
+        return _check(user_id, permission, decision, False, 0.0, "redis")
 
     def _check_last_known(
         self, user_id: str, permission: str, start: int, *, degraded: bool
     ) -> PermissionCheck:
-        near = self.near
-        user = near.users.get(user_id)
+        user = self.near.users.get(user_id)
         decision = self._decide_cached(user, permission, None) if user is not None else None
-        entry = user if decision is not None else None
         try:
-            age = self._usable_age(entry, degraded, f"the access of user {user_id!r}")
+            age = self._usable_age(
+                user if decision is not None else None,
+                degraded,
+                f"the access of user {user_id!r}",
+            )
+            assert user is not None and decision is not None
+            age = max(age, self._roles_age(user))
+            if age > self.max_age_ms:
+                raise StaleDataTooOld(
+                    f"last-known-good access of {user_id!r} is {age:.0f} ms old", age
+                )
         except (StoreUnavailable, TenantNotReady):
             self.metrics.record(
                 PERMISSIONS, False, _perf_ns() - start, degraded=degraded, error=True
             )
             raise
-        assert user is not None and decision is not None
-        status, role_ids = user[0]
-        now = _monotonic()
-        if status == ACTIVE:
-            for role in role_ids or ():
-                age = max(age, near.age_ms(near.roles[role], now))
-        if age > self.max_age_ms:
-            self.metrics.record(
-                PERMISSIONS, False, _perf_ns() - start, degraded=degraded, error=True
-            )
-            raise StaleDataTooOld(f"last-known-good access of {user_id!r} is {age:.0f} ms old", age)
         self.metrics.record(PERMISSIONS, True, _perf_ns() - start, stale=True, degraded=degraded)
-        return PermissionCheck(
-            user_id,
-            permission,
-            decision is Decision.GRANTED,
-            decision.value,
-            True,
-            True,
-            age,
-            "last-known-good",
-        )
+        return _check(user_id, permission, decision, True, age, "last-known-good")
+
+    def _roles_age(self, user: Entry) -> float:
+        """The age of the oldest cached role an active user's answer rests on (0 for none)."""
+        status, role_ids = user[0]
+        if status != ACTIVE:
+            return 0.0
+        near, now = self.near, _monotonic()
+        return max((near.age_ms(near.roles[role], now) for role in role_ids or ()), default=0.0)
 
     # --- shared --------------------------------------------------------------------------------
 
@@ -338,44 +279,22 @@ class CriticalReader:
         """Load every critical hash of at most ``max_fields`` fields, atomically with the
         version; returns the entries loaded (0 when the tenant is not ready)."""
         k = self.keys
-        classes = (
-            DataClass.CREDIT_COSTS,
-            DataClass.USER_STATUS,
-            DataClass.USER_ROLES,
-            DataClass.ROLES,
-        )
         read_at = _monotonic()
-
-        def sizes() -> list[Any]:
-            pipe = self.conn.client.pipeline(transaction=False)
-            for data_class in classes:
-                pipe.hlen(k.values(data_class))
-            return pipe.execute()
-
-        small = [c for c, n in zip(classes, self.conn.run(sizes), strict=True) if n <= max_fields]
-
-        def load() -> list[Any]:
-            pipe = self.conn.client.pipeline(transaction=True)
-            pipe.hsetnx(k.meta, "epoch", _new_epoch())
-            pipe.hmget(k.meta, "version", "ready", "epoch")
-            for data_class in small:
-                pipe.hgetall(k.values(data_class))
-            return pipe.execute()
-
-        _, (version, ready_raw, epoch), *tables = self.conn.run(load)
-        gen = self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")
-        if gen is None or ready_raw != b"1":
+        sizes = self.conn.hash_sizes([k.values(c) for c in WARM_CLASSES])
+        small = [c for c, n in zip(WARM_CLASSES, sizes, strict=True) if n <= max_fields]
+        meta, tables = self.conn.load_hashes(k.meta, new_epoch(), [k.values(c) for c in small])
+        gen = self.near.observe(meta.epoch, meta.version, read_at, meta.ready)
+        if gen is None or not meta.ready:
             return 0
-        loaded = dict(zip(small, tables, strict=True))
-        return self._fill(loaded, gen, read_at)
+        return self._fill(dict(zip(small, tables, strict=True)), gen, read_at)
 
     def _fill(self, loaded: dict[DataClass, dict[bytes, bytes]], gen: int, read_at: float) -> int:
         near, count = self.near, 0
         for op, raw in loaded.get(DataClass.CREDIT_COSTS, {}).items():
-            near.put(near.costs, op.decode(), parse_cost(raw), gen, read_at)
+            near.put(near.costs, sys.intern(op.decode()), parse_cost(raw), gen, read_at)
             count += 1
         for role, raw in loaded.get(DataClass.ROLES, {}).items():
-            near.put(near.roles, role.decode(), parse_grants(raw), gen, read_at)
+            near.put(near.roles, sys.intern(role.decode()), parse_grants(raw), gen, read_at)
             count += 1
         if DataClass.USER_STATUS in loaded and DataClass.USER_ROLES in loaded:
             roles_of = loaded[DataClass.USER_ROLES]
@@ -388,12 +307,5 @@ class CriticalReader:
     def check_version(self) -> None:
         """Confirm (or advance) the near-cache's epoch and version: one round trip."""
         read_at = _monotonic()
-
-        def read() -> list[Any]:
-            pipe = self.conn.client.pipeline(transaction=True)
-            pipe.hsetnx(self.keys.meta, "epoch", _new_epoch())
-            pipe.hmget(self.keys.meta, "version", "ready", "epoch")
-            return pipe.execute()
-
-        _, (version, ready_raw, epoch) = self.conn.run(read)
-        self.near.observe(epoch, int(version or 0), read_at, ready_raw == b"1")
+        meta = self.conn.meta(self.keys.meta, new_epoch())
+        self.near.observe(meta.epoch, meta.version, read_at, meta.ready)

@@ -20,7 +20,9 @@ every balance this process holds, and nothing else.
 from __future__ import annotations
 
 import threading
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
+
+from consumer.read.budget import EntryBudget
 
 Entry: TypeAlias = tuple[Any, int, float]
 """(value, generation, monotonic time it was read from Redis)."""
@@ -28,6 +30,18 @@ Balance: TypeAlias = tuple[int | float, int, bytes]
 """(available credits, meta version and epoch it was read at)."""
 
 EVICT_FRACTION = 10
+K = TypeVar("K")
+
+
+def drop_oldest(table: dict[K, Any]) -> list[K]:
+    """Drop the oldest tenth (at least one) of ``table`` and return the keys dropped (dicts keep
+    insertion order). The one eviction rule of the read side's process-local copies; safe with
+    concurrent reads and puts of the table (each pop is atomic)."""
+    dropped = []
+    for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
+        if table.pop(old, None) is not None:
+            dropped.append(old)
+    return dropped
 
 
 class NearCache:
@@ -37,9 +51,29 @@ class NearCache:
     comparisons on the hot path); changes to coherence state take ``lock``.
     """
 
-    def __init__(self, staleness_ms: int, max_entries: int) -> None:
+    __slots__ = (
+        "bound",
+        "budget",
+        "costs",
+        "users",
+        "roles",
+        "balances",
+        "lock",
+        "gen",
+        "version",
+        "epoch",
+        "ready",
+        "confirmed_at",
+        "trusted_until",
+    )
+
+    def __init__(
+        self, staleness_ms: int, max_entries: int = 0, budget: EntryBudget | None = None
+    ) -> None:
+        """``budget``: the process's entry budget shared by every tenant; without one, a
+        budget of ``max_entries`` of its own."""
         self.bound = staleness_ms / 1000.0
-        self.max_entries = max_entries
+        self.budget = budget if budget is not None else EntryBudget(max_entries)
         self.costs: dict[str, Entry] = {}
         """operationCode -> (cost or None for "not configured", gen, read_at)"""
         self.users: dict[str, Entry] = {}
@@ -55,11 +89,12 @@ class NearCache:
         self.ready = False
         self.confirmed_at = 0.0
         self.trusted_until = 0.0
+        self.budget.register(self)
 
     # --- coherence ---------------------------------------------------------------------------
 
     def observe(
-        self, epoch: bytes, version: int, started: float, ready: bool | None = None
+        self, epoch: bytes | None, version: int, started: float, ready: bool | None = None
     ) -> int | None:
         """Record (``epoch``, ``version``), read from Redis by a call that started at
         ``started``, and confirm the cache up to then.
@@ -115,14 +150,15 @@ class NearCache:
     # --- entries -----------------------------------------------------------------------------
 
     def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
-        self._make_room(table, key)
+        if key not in table:
+            self.budget.admit(self)
         table[key] = (value, gen, read_at)
 
-    def _make_room(self, table: dict[str, Any], key: str) -> None:
-        if len(table) >= self.max_entries and key not in table:
-            # Bounded memory: drop the oldest tenth (dicts keep insertion order).
-            for old in list(table)[: max(len(table) // EVICT_FRACTION, 1)]:
-                table.pop(old, None)
+    def evict_oldest(self) -> int:
+        """Drop the oldest tenth (at least one) of the largest table; returns how many. Called
+        by the budget, from whichever tenant's read needs room."""
+        tables: tuple[dict[str, Any], ...] = (self.costs, self.users, self.roles, self.balances)
+        return len(drop_oldest(max(tables, key=len)))
 
     def balance(self, user_id: str, now: float) -> int | float | None:
         """The user's balance when it was read at the current version and epoch, and the
@@ -144,7 +180,8 @@ class NearCache:
         with self.lock:
             if version != self.version or epoch != self.epoch:
                 return False
-            self._make_room(self.balances, user_id)
+            if user_id not in self.balances:
+                self.budget.admit(self)
             self.balances[user_id] = (value, version, epoch)
             return True
 

@@ -1,4 +1,4 @@
-"""Permission matching (design §2): pure functions, no I/O.
+"""Permission matching: pure functions, no I/O.
 
 A role grants a list of permission strings. A grant is either exact (``crm.leads.create``) or a
 trailing wildcard: ``*`` grants everything, ``crm.leads.*`` grants every permission below

@@ -1,7 +1,7 @@
 """Prometheus exposition of the readers' metrics, usable from any application.
 
-``ReaderCollector`` is a custom collector: register it once and every scrape reports every live
-``SmartCRMConsumer`` of the process (or the ones given), labelled by tenant::
+``ReaderCollector`` is a custom collector: register it once and every scrape reports every
+tenant held by every open client of the process (or the views given), labelled by tenant::
 
     from prometheus_client import REGISTRY
     from consumer.read.prometheus import ReaderCollector
@@ -23,7 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from consumer.read.client import SmartCRMConsumer, live_consumers
+from consumer.read.cache import live_tenants
+from consumer.read.view import TenantView
 from crmcache.read_metrics import (
     CLASSES,
     FAMILIES,
@@ -47,11 +48,9 @@ OUTCOME_HELP = {
 
 
 class ReaderCollector(Collector):
-    """Counters, cache sizes, hit rates and latency histograms of SmartCRMConsumer instances."""
+    """Counters, cache sizes, hit rates and latency histograms of TenantView instances."""
 
-    def __init__(
-        self, consumers: Callable[[], Iterable[SmartCRMConsumer]] = live_consumers
-    ) -> None:
+    def __init__(self, consumers: Callable[[], Iterable[TenantView]] = live_tenants) -> None:
         self._consumers = consumers
 
     def collect(self) -> Iterator[Metric]:
@@ -122,7 +121,7 @@ def _cumulative_buckets(buckets: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-def exposition(consumers: Callable[[], Iterable[SmartCRMConsumer]] = live_consumers) -> bytes:
+def exposition(consumers: Callable[[], Iterable[TenantView]] = live_tenants) -> bytes:
     """The text exposition format of the given (default: every live) consumers."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReaderCollector(consumers))

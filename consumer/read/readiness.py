@@ -1,4 +1,5 @@
-"""Asking for a preload of a tenant that was never loaded (design §3, "Readiness").
+"""Asking for a preload of a tenant that was never loaded: its misses mean "unknown", not
+"absent", until a preload marks it ready.
 
 A reader that meets a not-ready tenant does not guess: it raises ``TenantNotReady`` (or answers
 from its last-known-good copy, flagged stale) and asks the workers for a preload. Across every
@@ -63,9 +64,7 @@ class PreloadRequests:
         self._next = now + self.interval
         px = int(self.interval * 1000)
         try:
-            claimed = self.conn.run(
-                lambda: self.conn.client.set(self.key, int(time.time() * 1000), nx=True, px=px)
-            )
+            claimed = self.conn.claim(self.key, int(time.time() * 1000), px)
         except StoreUnavailable:
             return False
         if not claimed:
