@@ -49,7 +49,7 @@ def _reservation(record: dict[str, str]) -> Reservation:
         amount=credits.as_number(record["amount"]),
         state=record["state"],
         availableCredits=credits.as_number(record["available"]),
-        expiresAt=iso_time(int(record["deadlineMs"])) or "",
+        expiresAt=iso_time(int(record["deadlineMs"]) / 1000) or "",
         resultRef=record.get("resultRef", ""),
     )
 
@@ -114,7 +114,7 @@ def reserve(
         amount=hold.amount,
         state="held" if hold.open else "committed",
         availableCredits=hold.available,
-        expiresAt=iso_time(hold.deadline_ms) or "",
+        expiresAt=iso_time(hold.deadline_ms / 1000) or "",
         resultRef=hold.result_ref,
     )
 
