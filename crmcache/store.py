@@ -24,6 +24,8 @@ from crmcache.keyspace import DATA_CLASSES, DataClass, TenantKeys
 _CLASS_INDEX = {data_class: i + 1 for i, data_class in enumerate(DATA_CLASSES)}
 _CLASS_NAMES = json.dumps([c.value for c in DATA_CLASSES])
 SNAPSHOT_CHUNK = 500
+TOMBSTONE_RETENTION_S = 7 * 86_400
+"""How long a snapshot keeps a versioned tombstone at least (CRM_TOMBSTONE_RETENTION)."""
 
 
 @contextmanager
@@ -132,7 +134,13 @@ class Store:
         return int(s0)
 
     def write_snapshot(
-        self, tenant: str, data_class: DataClass, s0: int, items: Iterable[tuple[str, str]]
+        self,
+        tenant: str,
+        data_class: DataClass,
+        s0: int,
+        items: Iterable[tuple[str, str]],
+        *,
+        tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
     ) -> tuple[int, int]:
         """Write a whole snapshot of one class in chunks, then commit it.
 
@@ -147,7 +155,9 @@ class Store:
                 chunk = []
         if chunk:
             written += max(self.write_snapshot_chunk(tenant, data_class, s0, chunk), 0)
-        removed = self.commit_snapshot(tenant, data_class, s0)
+        removed = self.commit_snapshot(
+            tenant, data_class, s0, tombstone_retention_s=tombstone_retention_s
+        )
         return (-1, 0) if removed < 0 else (written, removed)
 
     def write_snapshot_chunk(
@@ -160,12 +170,23 @@ class Store:
         with translate_errors():
             return int(self.script("snapshot_chunk")(key_list, [s0, data_class.value, *flat]))
 
-    def commit_snapshot(self, tenant: str, data_class: DataClass, s0: int) -> int:
-        """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed."""
+    def commit_snapshot(
+        self,
+        tenant: str,
+        data_class: DataClass,
+        s0: int,
+        *,
+        tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
+    ) -> int:
+        """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed.
+
+        Versioned tombstones older than the retention (at least, up to about twice it) go.
+        """
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
+        args = [s0, data_class.value, tombstone_retention_s * 1000]
         with translate_errors():
-            removed, _ = self.script("snapshot_commit")(key_list, [s0, data_class.value])
+            removed, _ = self.script("snapshot_commit")(key_list, args)
         return int(removed)
 
     def mark_ready(self, tenant: str) -> int:

@@ -9,9 +9,12 @@
 --
 -- Guarantees: a field is written only when nothing newer than S0 wrote it, so an event
 -- received after the snapshot began is never overwritten (events are stamped at receipt, and
--- every stamp taken after S0 is greater than S0). Written fields are stamped exactly S0, which
--- is how snapshot_commit.lua recognises them. A snapshot older than the class floor (a newer
--- snapshot already committed) writes nothing.
+-- every stamp taken after S0 is greater than S0). A written field is stamped "S0:version+"
+-- when its stamp knew a version (the snapshot reflects every event received before S0, so the
+-- entity is at that version or later: an older version stays refused after the resync), else
+-- "S0". Either covers every event received before S0 (see apply_events.lua), and its seq S0
+-- is how snapshot_commit.lua recognises what the snapshot wrote. A snapshot older than the
+-- class floor (a newer snapshot already committed) writes nothing.
 -- Returns the number of fields written, or -1 when the snapshot is superseded.
 
 local s0 = tonumber(ARGV[1])
@@ -22,11 +25,11 @@ end
 local written = 0
 for i = 3, #ARGV, 2 do
     local field = ARGV[i]
-    local stamp = redis.call('HGET', KEYS[3], field)
-    local sseq = stamp and tonumber(string.match(stamp, '^(%d+)')) or 0
-    if sseq < s0 then
+    local stamp = redis.call('HGET', KEYS[3], field) or '0'
+    local sseq, sver = string.match(stamp, '^(%d+):?(%d*)')
+    if (tonumber(sseq) or 0) < s0 then
         redis.call('HSET', KEYS[2], field, ARGV[i + 1])
-        redis.call('HSET', KEYS[3], field, ARGV[1])
+        redis.call('HSET', KEYS[3], field, sver ~= '' and (ARGV[1] .. ':' .. sver .. '+') or ARGV[1])
         written = written + 1
     end
 end

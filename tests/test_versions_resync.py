@@ -1,0 +1,134 @@
+"""A resync never lowers an entity's version: an event older than what was applied before a
+preload is still refused after it (values, deletes, dead-letter replays).
+
+Real Redis, the real preload (``preload_tenant`` against the sandbox Wrapper), events stamped
+from the tenant's real receipt counter as the subscriber stamps them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+
+from crmcache.events import parse_envelope
+from crmcache.keyspace import DataClass, TenantKeys
+from crmcache.preload import preload_tenant
+from crmcache.store import ApplyResult, Store
+from crmcache.wrapper import WrapperClient
+from tests.conftest import wait_until
+from tests.test_cli import cli_json
+
+ACME = TenantKeys.of("acme")
+USERS_CHANNEL = ACME.channel("users")
+
+
+@pytest.fixture
+def client(settings: Any) -> Iterator[WrapperClient]:
+    wrapper_client = WrapperClient(settings)
+    yield wrapper_client
+    wrapper_client.close()
+
+
+def receive(
+    store: Store, stream: str, event_type: str, data: dict[str, Any], **envelope: Any
+) -> ApplyResult:
+    """Stamp one event from the tenant's receipt counter (as the subscriber does) and apply it."""
+    event = parse_envelope("acme", stream, {"eventType": event_type, "data": data, **envelope})
+    seq = store.reserve_stamps({"acme": 1})["acme"]
+    return store.apply_events("acme", [replace(event, seq=seq)])
+
+
+def field(r: redis.Redis, data_class: DataClass, name: str) -> str | None:
+    value = r.hget(ACME.values(data_class), name)
+    return value.decode() if value is not None else None
+
+
+def test_a_late_older_version_is_refused_after_a_preload(
+    r: redis.Redis, store: Store, wrapper: Any, client: WrapperClient
+) -> None:
+    # Given user-456 suspended and role sales narrowed, both at version 10, applied from their
+    # events (the Wrapper holds the same)
+    wrapper.set_user("acme", "user-456", status="suspended", publish=False)
+    wrapper.set_role("acme", "sales", ["crm.contacts.view"], publish=False)
+    receive(
+        store, "users", "user-changed", {"userId": "user-456", "status": "suspended"}, version=10
+    )
+    receive(
+        store,
+        "roles",
+        "role-changed",
+        {"roleId": "sales", "permissions": ["crm.contacts.view"]},
+        version=10,
+    )
+    # And a resync of the tenant
+    preload_tenant(store, client, "acme")
+    # When version 5 of both arrives late (received after the resync)
+    user = receive(
+        store, "users", "user-changed", {"userId": "user-456", "status": "active"}, version=5
+    )
+    role = receive(
+        store, "roles", "role-changed", {"roleId": "sales", "permissions": ["*"]}, version=5
+    )
+    # Then both are refused: the user stays suspended, the role keeps its narrow permissions
+    assert (user.written, role.written) == (0, 0)
+    assert field(r, DataClass.USER_STATUS, "user-456") == "suspended"
+    assert field(r, DataClass.ROLES, "sales") == '["crm.contacts.view"]'
+
+
+def test_a_user_deleted_before_a_preload_does_not_come_back_from_a_late_older_change(
+    r: redis.Redis, store: Store, wrapper: Any, client: WrapperClient
+) -> None:
+    # Given user-456 deleted at version 10 (at the Wrapper and in the cache), then a resync
+    wrapper.delete_user("acme", "user-456", publish=False)
+    receive(store, "users", "user-deleted", {"userId": "user-456"}, version=10)
+    preload_tenant(store, client, "acme")
+    # When a user-changed of version 5 arrives late
+    result = receive(
+        store,
+        "users",
+        "user-changed",
+        {"userId": "user-456", "status": "active", "roles": ["admin"]},
+        version=5,
+    )
+    # Then the user stays deleted
+    assert result.written == 0
+    assert field(r, DataClass.USER_STATUS, "user-456") is None
+    assert field(r, DataClass.USER_ROLES, "user-456") is None
+
+
+def test_a_dead_letter_replay_of_an_older_version_is_refused_after_a_preload(
+    r: redis.Redis, store: Store, wrapper: Any, client: WrapperClient, subscriber: Any
+) -> None:
+    # Given version 5 of user-456 (active) dead-lettered long ago, and version 10 (suspended)
+    # received by the subscriber and applied
+    old = {
+        "eventType": "user-changed",
+        "eventId": "late-v5",
+        "version": 5,
+        "data": {"userId": "user-456", "status": "active"},
+    }
+    store.dead_letter(
+        "unknown tenant at the time", json.dumps(old), channel=USERS_CHANNEL, tenant="acme"
+    )
+    wrapper.set_user("acme", "user-456", status="suspended", publish=False)
+    newer = {
+        **old,
+        "eventId": "v10",
+        "version": 10,
+        "data": {"userId": "user-456", "status": "suspended"},
+    }
+    r.publish(USERS_CHANNEL, json.dumps(newer))
+    wait_until(lambda: field(r, DataClass.USER_STATUS, "user-456") == "suspended", what="v10")
+    # And a resync of the tenant
+    preload_tenant(store, client, "acme")
+    # When an operator replays the dead letter (``crmcache dlq replay``)
+    entry = cli_json("dlq", "list")[0]
+    assert cli_json("dlq", "replay", entry["id"])["results"][0]["outcome"] == "replayed"
+    # Then the subscriber stamps it afresh and a worker applies it, but its version is refused
+    wait_until(lambda: r.zscore(ACME.event_ids, "late-v5") is not None, what="the replay applied")
+    assert field(r, DataClass.USER_STATUS, "user-456") == "suspended"
