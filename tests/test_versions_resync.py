@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from crmcache.events import parse_envelope
+from crmcache.events import Event, parse_envelope
 from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.preload import preload_tenant
 from crmcache.store import ApplyResult, Store
@@ -34,13 +34,25 @@ def client(settings: Any) -> Iterator[WrapperClient]:
     wrapper_client.close()
 
 
+def stamped(
+    store: Store, stream: str, event_type: str, data: dict[str, Any], **envelope: Any
+) -> Event:
+    """One event stamped from the tenant's receipt counter, as the subscriber stamps it."""
+    event = parse_envelope("acme", stream, {"eventType": event_type, "data": data, **envelope})
+    return replace(event, seq=store.reserve_stamps({"acme": 1})["acme"])
+
+
 def receive(
     store: Store, stream: str, event_type: str, data: dict[str, Any], **envelope: Any
 ) -> ApplyResult:
-    """Stamp one event from the tenant's receipt counter (as the subscriber does) and apply it."""
-    event = parse_envelope("acme", stream, {"eventType": event_type, "data": data, **envelope})
-    seq = store.reserve_stamps({"acme": 1})["acme"]
-    return store.apply_events("acme", [replace(event, seq=seq)])
+    """Stamp one event and apply it at once."""
+    return store.apply_events("acme", [stamped(store, stream, event_type, data, **envelope)])
+
+
+def sales_role(store: Store, version: int, permissions: list[str]) -> Event:
+    """role-changed of role sales at `version`, stamped now."""
+    data = {"roleId": "sales", "permissions": permissions}
+    return stamped(store, "roles", "role-changed", data, version=version)
 
 
 def field(r: redis.Redis, data_class: DataClass, name: str) -> str | None:
@@ -132,3 +144,39 @@ def test_a_dead_letter_replay_of_an_older_version_is_refused_after_a_preload(
     # Then the subscriber stamps it afresh and a worker applies it, but its version is refused
     wait_until(lambda: r.zscore(ACME.event_ids, "late-v5") is not None, what="the replay applied")
     assert field(r, DataClass.USER_STATUS, "user-456") == "suspended"
+
+
+# A snapshot's stamp "S0:version+" covers every event received before S0 whatever its version:
+# the snapshot already reflects them. The two tests below hold that part of the rule.
+
+
+def test_a_newer_version_received_before_a_snapshot_but_applied_during_it_is_kept(
+    r: redis.Redis, store: Store
+) -> None:
+    # Given version 10 applied, and version 12 received before a snapshot began but still
+    # waiting for a worker
+    store.apply_events("acme", [sales_role(store, 10, ["a"])])
+    late = sales_role(store, 12, ["b"])
+    s0 = store.begin_snapshot("acme")
+    # When the snapshot (which reflects version 12) writes its chunk, the worker applies
+    # version 12, and the snapshot commits
+    store.write_snapshot_chunk("acme", DataClass.ROLES, s0, [("sales", '["b"]')])
+    store.apply_events("acme", [late])
+    store.commit_snapshot("acme", DataClass.ROLES, s0)
+    # Then the role is there: the commit did not take it for one the snapshot lacked
+    assert field(r, DataClass.ROLES, "sales") == '["b"]'
+
+
+def test_a_version_the_snapshot_covers_still_refuses_older_ones_received_after_it(
+    r: redis.Redis, store: Store
+) -> None:
+    # Given version 2 received before a snapshot began, applied only after it committed
+    pending = sales_role(store, 2, ["b"])
+    s0 = store.begin_snapshot("acme")
+    store.write_snapshot("acme", DataClass.ROLES, s0, [("sales", '["b"]')])
+    assert store.apply_events("acme", [pending]).written == 0  # the snapshot has it already
+    # When version 1 arrives afterwards
+    result = store.apply_events("acme", [sales_role(store, 1, ["a"])])
+    # Then it is refused: the snapshot's value is version 2
+    assert result.written == 0
+    assert field(r, DataClass.ROLES, "sales") == '["b"]'
