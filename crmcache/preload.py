@@ -1,8 +1,10 @@
 """Preload (resync): load a tenant's critical data from the Wrapper into the cache.
 
 Everything is fetched first, then written: a Wrapper failure part-way writes nothing and the
-tenant's readiness is unchanged. The store's snapshot scripts keep every field that an event
-received after the snapshot began has changed (design §3).
+tenant's readiness is unchanged. The snapshot's start stamp is taken before the Wrapper is
+asked anything, so the store's snapshot scripts can keep every field that an event received
+after the snapshot began has changed, and every upstream version applied before it
+(crmcache/lua/snapshot_chunk.lua, snapshot_commit.lua).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from crmcache.errors import InvalidEvent
 from crmcache.events import FieldWrite, parse_envelope, plan_writes
 from crmcache.keyspace import DataClass
-from crmcache.store import Store
+from crmcache.store import TOMBSTONE_RETENTION_S, Store
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -74,9 +76,15 @@ def _as_event_data(event_type: str, item: Any) -> Any:
 
 
 def preload_tenant(
-    store: Store, wrapper: WrapperClient, tenant: str, page_size: int = 1000
+    store: Store,
+    wrapper: WrapperClient,
+    tenant: str,
+    page_size: int = 1000,
+    *,
+    tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
 ) -> PreloadReport:
-    """Fetch the tenant's snapshot, write it without losing newer events, mark it ready."""
+    """Fetch the tenant's snapshot, write it without losing newer events or forgetting a
+    version (deleted entities' versions are kept for `tombstone_retention_s`), mark it ready."""
     report = PreloadReport(tenant)
     report.snapshot_seq = s0 = store.begin_snapshot(tenant)
     writes = snapshot_writes(
@@ -88,7 +96,9 @@ def preload_tenant(
     )
     for data_class in PRELOADED:
         items = ((w.field, w.value or "") for w in writes if w.data_class is data_class)
-        written, removed = store.write_snapshot(tenant, data_class, s0, items)
+        written, removed = store.write_snapshot(
+            tenant, data_class, s0, items, tombstone_retention_s=tombstone_retention_s
+        )
         if written < 0:
             report.superseded = True
             logger.info("preload of %s superseded by a newer snapshot", tenant)

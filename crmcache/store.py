@@ -140,7 +140,7 @@ class Store:
         s0: int,
         items: Iterable[tuple[str, str]],
         *,
-        tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
+        tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
     ) -> tuple[int, int]:
         """Write a whole snapshot of one class in chunks, then commit it.
 
@@ -176,7 +176,7 @@ class Store:
         data_class: DataClass,
         s0: int,
         *,
-        tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
+        tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
     ) -> int:
         """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed.
 
@@ -184,7 +184,7 @@ class Store:
         """
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
-        args = [s0, data_class.value, tombstone_retention_s * 1000]
+        args = [s0, data_class.value, int(tombstone_retention_s * 1000)]
         with translate_errors():
             removed, _ = self.script("snapshot_commit")(key_list, args)
         return int(removed)

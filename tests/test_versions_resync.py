@@ -8,6 +8,7 @@ from the tenant's real receipt counter as the subscriber stamps them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -180,3 +181,28 @@ def test_a_version_the_snapshot_covers_still_refuses_older_ones_received_after_i
     # Then it is refused: the snapshot's value is version 2
     assert result.written == 0
     assert field(r, DataClass.ROLES, "sales") == '["b"]'
+
+
+def test_a_deleted_entitys_version_is_kept_for_the_retention_then_forgotten(
+    r: redis.Redis, store: Store
+) -> None:
+    retention = 1.0
+    stamps = ACME.stamps(DataClass.ROLES)
+
+    def resync() -> None:
+        s0 = store.begin_snapshot("acme")
+        store.write_snapshot("acme", DataClass.ROLES, s0, [], tombstone_retention_s=retention)
+
+    # Given role sales deleted at version 10, and a resync that found it deleted
+    receive(store, "roles", "role-deleted", {"roleId": "sales"}, version=10)
+    resync()
+    # When resyncs run within the retention, then the version is kept
+    resync()
+    assert r.hget(stamps, "sales") is not None
+    # When a resync runs once the retention has passed, then the tombstone is gone (memory
+    # stays bounded by the live data), while a tombstone deleted since is kept
+    receive(store, "roles", "role-deleted", {"roleId": "viewer"}, version=3)
+    time.sleep(retention + 0.05)
+    resync()
+    assert r.hget(stamps, "sales") is None
+    assert r.hget(stamps, "viewer") is not None
