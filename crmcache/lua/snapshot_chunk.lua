@@ -28,8 +28,12 @@ for i = 3, #ARGV, 2 do
     local stamp = redis.call('HGET', KEYS[3], field) or '0'
     local sseq, sver = string.match(stamp, '^(%d+):?(%d*)')
     if (tonumber(sseq) or 0) < s0 then
+        local snapshot_stamp = ARGV[1]
+        if sver ~= '' then
+            snapshot_stamp = ARGV[1] .. ':' .. sver .. '+'
+        end
         redis.call('HSET', KEYS[2], field, ARGV[i + 1])
-        redis.call('HSET', KEYS[3], field, sver ~= '' and (ARGV[1] .. ':' .. sver .. '+') or ARGV[1])
+        redis.call('HSET', KEYS[3], field, snapshot_stamp)
         written = written + 1
     end
 end
