@@ -168,6 +168,23 @@ def test_a_newer_version_received_before_a_snapshot_but_applied_during_it_is_kep
     assert field(r, DataClass.ROLES, "sales") == '["b"]'
 
 
+def test_a_higher_version_received_before_a_lower_one_survives_a_snapshot_commit(
+    r: redis.Redis, store: Store
+) -> None:
+    # Given version 12 received before a snapshot began (its worker is slow), version 11
+    # received after it and applied, so the snapshot's chunk leaves the field alone
+    newer = sales_role(store, 12, ["b"])
+    s0 = store.begin_snapshot("acme")
+    store.apply_events("acme", [sales_role(store, 11, ["a"])])
+    assert store.write_snapshot_chunk("acme", DataClass.ROLES, s0, [("sales", '["b"]')]) == 0
+    # When version 12 is applied (its version wins) and then the snapshot commits
+    store.apply_events("acme", [newer])
+    store.commit_snapshot("acme", DataClass.ROLES, s0)
+    # Then the role is still there: version 12 kept the stamp's later seq, so the commit did
+    # not take it for a value written before the snapshot and missing from it
+    assert field(r, DataClass.ROLES, "sales") == '["b"]'
+
+
 def test_a_version_the_snapshot_covers_still_refuses_older_ones_received_after_it(
     r: redis.Redis, store: Store
 ) -> None:
