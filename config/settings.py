@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     dedupe_window: int = Field(
         default=86_400, ge=60, le=30 * 86_400, validation_alias=_env("CRM_DEDUPE_WINDOW")
     )
+    tombstone_retention: int = Field(
+        default=7 * 86_400,
+        ge=60,
+        le=365 * 86_400,
+        validation_alias=_env("CRM_TOMBSTONE_RETENTION"),
+    )
+    """Seconds a resync keeps a deleted entity's version at least (up to about twice that), so
+    that a late older event or replay of it stays refused (crmcache/lua/snapshot_commit.lua)."""
     dead_letter_maxlen: int = Field(
         default=100_000, ge=100, validation_alias=_env("CRM_DEAD_LETTER_MAXLEN")
     )

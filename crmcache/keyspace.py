@@ -14,12 +14,20 @@ P:roles                        hash    roleId -> JSON list of permissions
 P:user-status                  hash    userId -> status ("active", "suspended", ...)
 P:user-roles                   hash    userId -> JSON list of roleIds
 P:configs                      hash    configId -> JSON config
-P:stamps:<class>               hash    field -> "seq" or "seq:version" of its last write;
-                                       a stamp without a value is a tombstone
+P:stamps:<class>               hash    field -> the stamp of its last write: "seq" (an
+                                       unversioned write), "seq:version" (an event with an
+                                       upstream version) or "seq:version+" (written or
+                                       confirmed by the snapshot begun at seq: the entity
+                                       is at that version or later); a stamp without a
+                                       value is a tombstone (versioned ones are kept for
+                                       CRM_TOMBSTONE_RETENTION, see snapshot_commit.lua)
 P:meta                         hash    ready, version, last-event-ms, last-preload-ms,
-                                       preload-started-ms, floor:<class>, epoch (random,
-                                       set by the first reader or preload: a new one means
-                                       Redis lost the data, so versions restarted)
+                                       preload-started-ms, floor:<class>,
+                                       tombstone-mark:<class> ("seq:ms" of the commit that
+                                       began the current tombstone retention period),
+                                       epoch (random, set by the first reader or preload: a
+                                       new one means Redis lost the data, so versions
+                                       restarted)
 P:seq                          string  per-tenant receipt sequence (INCRBY by the subscriber)
 P:event-ids                    zset    eventId -> applied-at ms (dedupe window)
 P:applied-batches              zset    highest stamp of each applied batch -> applied-at

@@ -3,8 +3,10 @@
 Everything is fetched first, then written: a Wrapper failure part-way writes nothing and the
 tenant's readiness is unchanged. If Redis loses its data while the snapshot is fetched or written
 (a new epoch), the rest is not written, the tenant is not marked ready, and StoreUnavailable
-makes the caller start over. The store's snapshot scripts keep every field that an event
-received after the snapshot began has changed (design §3).
+makes the caller start over. The snapshot's start stamp is taken before the Wrapper is asked
+anything, so the store's snapshot scripts can keep every field that an event received after the
+snapshot began has changed, and every upstream version applied before it
+(crmcache/lua/snapshot_chunk.lua, snapshot_commit.lua).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from crmcache.errors import InvalidEvent
 from crmcache.events import FieldWrite, parse_envelope, plan_writes
 from crmcache.keyspace import DataClass
-from crmcache.store import Store
+from crmcache.store import TOMBSTONE_RETENTION_S, Store
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,15 @@ def _as_event_data(event_type: str, item: Any) -> Any:
 
 
 def preload_tenant(
-    store: Store, wrapper: WrapperClient, tenant: str, page_size: int = 1000
+    store: Store,
+    wrapper: WrapperClient,
+    tenant: str,
+    page_size: int = 1000,
+    *,
+    tombstone_retention_s: int = TOMBSTONE_RETENTION_S,
 ) -> PreloadReport:
-    """Fetch the tenant's snapshot, write it without losing newer events, mark it ready."""
+    """Fetch the tenant's snapshot, write it without losing newer events or forgetting a
+    version (deleted entities' versions are kept for `tombstone_retention_s`), mark it ready."""
     report = PreloadReport(tenant)
     s0 = store.begin_snapshot(tenant)
     report.snapshot_seq = s0.seq
@@ -91,7 +99,9 @@ def preload_tenant(
     )
     for data_class in PRELOADED:
         items = ((w.field, w.value or "") for w in writes if w.data_class is data_class)
-        written, removed = store.write_snapshot(tenant, data_class, s0, items)
+        written, removed = store.write_snapshot(
+            tenant, data_class, s0, items, tombstone_retention_s=tombstone_retention_s
+        )
         if written < 0:
             report.superseded = True
             logger.info("preload of %s superseded by a newer snapshot", tenant)

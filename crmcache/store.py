@@ -65,6 +65,10 @@ def async_lua_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
     return script
 
 
+TOMBSTONE_RETENTION_S = 7 * 86_400
+"""How long a snapshot keeps a versioned tombstone at least (CRM_TOMBSTONE_RETENTION)."""
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn redis-py's connection failures into the project's StoreUnavailable."""
@@ -270,6 +274,8 @@ class Store:
         data_class: DataClass,
         s0: SnapshotStart,
         items: Iterable[tuple[str, str]],
+        *,
+        tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
     ) -> tuple[int, int]:
         """Write a whole snapshot of one class in chunks, then commit it.
 
@@ -284,7 +290,9 @@ class Store:
                 chunk = []
         if chunk:
             written += max(self.write_snapshot_chunk(tenant, data_class, s0, chunk), 0)
-        removed = self.commit_snapshot(tenant, data_class, s0)
+        removed = self.commit_snapshot(
+            tenant, data_class, s0, tombstone_retention_s=tombstone_retention_s
+        )
         return (-1, 0) if removed < 0 else (written, removed)
 
     def write_snapshot_chunk(
@@ -306,15 +314,22 @@ class Store:
             raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
         return written
 
-    def commit_snapshot(self, tenant: str, data_class: DataClass, s0: SnapshotStart) -> int:
+    def commit_snapshot(
+        self,
+        tenant: str,
+        data_class: DataClass,
+        s0: SnapshotStart,
+        *,
+        tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
+    ) -> int:
         """snapshot_commit.lua: values removed, or -1 when a newer snapshot already committed;
-        StoreUnavailable when Redis lost its data since the snapshot began."""
+        StoreUnavailable when Redis lost its data since the snapshot began. Versioned
+        tombstones older than the retention (at least, up to about twice it) go."""
         keys = TenantKeys.of(tenant)
         key_list = [keys.meta, keys.values(data_class), keys.stamps(data_class)]
+        args = [s0.seq, data_class.value, s0.epoch, int(tombstone_retention_s * 1000)]
         with translate_errors():
-            removed, _ = self.script("snapshot_commit")(
-                key_list, [s0.seq, data_class.value, s0.epoch]
-            )
+            removed, _ = self.script("snapshot_commit")(key_list, args)
         if removed == -2:
             raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
         return int(removed)

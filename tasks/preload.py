@@ -37,7 +37,11 @@ def preload_tenant(
     try:
         with resources.wrapper_slots().hold(settings.preload_slot_wait):
             report = preload.preload_tenant(
-                store, resources.wrapper(), tenant, settings.preload_page_size
+                store,
+                resources.wrapper(),
+                tenant,
+                settings.preload_page_size,
+                tombstone_retention_s=settings.tombstone_retention,
             )
     except (StoreUnavailable, WrapperUnavailable) as exc:
         if self.request.retries >= MAX_RETRIES:

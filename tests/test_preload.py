@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from crmcache.errors import WrapperError, WrapperNotFound, WrapperUnavailable
+from crmcache.events import parse_envelope
 from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.preload import preload_tenant, snapshot_writes
 from crmcache.store import Store
@@ -76,6 +79,34 @@ def test_a_failing_wrapper_fails_the_preload_and_writes_nothing(
     # And nothing was written, the tenant is not ready
     assert hash_of(r, DataClass.CREDIT_COSTS) == {}
     assert not store.is_ready("acme")
+
+
+def test_an_event_applied_while_the_preload_asks_the_wrapper_survives_the_preload(
+    r: redis.Redis, store: Store, wrapper: Any, client: Any
+) -> None:
+    # Given a preload held in its last call to the Wrapper (roles already fetched)
+    wrapper.set_fault(delay=1.0, path_prefix="/api/users/access", times=1)
+    preload = threading.Thread(target=preload_tenant, args=(store, client, "acme"))
+    preload.start()
+    wait_until(lambda: wrapper.requests["GET", "/api/users/access"] >= 1, what="users fetch")
+    # When the Wrapper narrows role sales meanwhile and the subscriber's event is applied
+    wrapper.set_role("acme", "sales", ["crm.contacts.view"], publish=False)
+    event = parse_envelope(
+        "acme",
+        "roles",
+        {
+            "eventType": "role-changed",
+            "data": {"roleId": "sales", "permissions": ["crm.contacts.view"]},
+        },
+    )
+    stamp = store.reserve_stamps({"acme": 1})["acme"]
+    assert store.apply_events("acme", [replace(event, seq=stamp)]).written == 1
+    preload.join(timeout=10)
+    # Then the snapshot (which fetched the old role) did not overwrite the event: the preload
+    # took its start stamp before it asked the Wrapper anything
+    assert not preload.is_alive()
+    assert hash_of(r, DataClass.ROLES)["sales"] == '["crm.contacts.view"]'
+    assert store.is_ready("acme")
 
 
 def test_invalid_snapshot_items_are_skipped_and_reported() -> None:

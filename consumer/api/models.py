@@ -27,9 +27,7 @@ class LeadData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: ShortText
-    email: Annotated[str, Field(max_length=254, pattern=EMAIL_PATTERN)] | None = (
-        None
-    )
+    email: Annotated[str, Field(max_length=254, pattern=EMAIL_PATTERN)] | None = None
     company: ShortText | None = None
     phone: Annotated[str, Field(max_length=40, pattern=r"^[0-9+()./ -]{3,40}$")] | None = None
     source: Annotated[str, Field(max_length=100)] | None = None

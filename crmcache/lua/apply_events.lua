@@ -15,10 +15,22 @@
 -- KEYS[#KEYS]        crm:{t}:applied-batches  zset: a batch's highest stamp -> applied-at ms
 -- ARGV[5]            how long a batch stays recorded there, ms
 --
--- Guarantees (design §3):
--- * a field is written only by an event newer than the field's stamp: when both carry an
---   upstream version, the higher version wins; otherwise the higher receipt seq wins, and no
---   seq at or below the class floor (the last snapshot's start) is ever applied;
+-- Stamps (crm:{t}:stamps:<class>, see crmcache/keyspace.py): "seq:version" was written by an
+-- event carrying an upstream version; "seq" (an unversioned write) and "seq:version+" (written
+-- or confirmed by a snapshot begun at seq: the entity is at that version or later) cover every
+-- event received up to seq. A field without a stamp is covered by the class floor (the last
+-- committed snapshot's start), with no version known.
+--
+-- Guarantees:
+-- * a field is written only by an event newer than the field's stamp: against "seq:version"
+--   a versioned event needs a higher version; against a covering stamp (or none) an event
+--   needs a later receipt than the stamp and the floor, and, when the stamp knows a version,
+--   a higher version. So a resync never lowers what an entity's last applied version was;
+-- * a versioned event refused because a covering stamp holds it (it was received before the
+--   snapshot began, so the snapshot already reflects it) raises that stamp's version to its
+--   own: a later-received but older version cannot then overwrite the snapshot's value;
+-- * a stamp's seq never goes down: a higher version received earlier keeps the seq it
+--   overwrote, so that a snapshot commit never mistakes the value for one it did not see;
 -- * a delete keeps its stamp as a tombstone, so a late older write cannot resurrect the value;
 -- * an eventId seen within the dedupe window is a no-op, so a redelivered task changes nothing;
 -- * invalidations delete the reference entry and its lease, so a read-through fetch that began
@@ -49,17 +61,29 @@ local function floor_of(ci)
     return f
 end
 
--- Is a write stamped (seq, version) newer than the field's current stamp?
-local function is_newer(stamp, seq, version, floor)
-    if not stamp then
-        return seq > floor
+-- Decide a write of an event (received at seq, upstream version or -1, its own stamp
+-- ev_stamp) against the field's stamp. Returns (true, stamp to store) to write, (false, stamp
+-- to store) to refuse but raise a covering stamp's version, (false, nil) to refuse.
+local function decide(stamp, ev_stamp, seq, version, floor)
+    local sseq, sver, covering = floor, -1, true
+    if stamp then
+        local s, v, plus = string.match(stamp, '^(%d+):?(%d*)(%+?)$')
+        sseq, sver, covering = tonumber(s) or 0, tonumber(v) or -1, plus == '+' or v == ''
     end
-    local sseq, sver = string.match(stamp, '^(%d+):?(%d*)$')
-    sseq = tonumber(sseq) or 0
-    if version >= 0 and sver ~= '' then
-        return version > tonumber(sver)
+    if not covering then
+        if version >= 0 and version > sver then
+            return true, string.format('%d:%d', math.max(seq, sseq), version)
+        elseif version < 0 and seq > math.max(sseq, floor) then
+            return true, ev_stamp
+        end
+        return false, nil
     end
-    return seq > math.max(sseq, floor)
+    if seq > math.max(sseq, floor) and (version < 0 or version > sver) then
+        return true, ev_stamp
+    elseif version > sver then
+        return false, string.format('%d:%d+', sseq, version)
+    end
+    return false, nil
 end
 
 local written, stale, duplicates, touched = 0, 0, 0, false
@@ -71,16 +95,20 @@ for _, ev in ipairs(batch) do
         for _, w in ipairs(ev[5]) do
             local ci, field, value = w[1], w[2], w[3]
             local values, stamps = KEYS[1 + 2 * ci], KEYS[2 + 2 * ci]
-            if is_newer(redis.call('HGET', stamps, field), seq, version, floor_of(ci)) then
+            local current = redis.call('HGET', stamps, field)
+            local write, new_stamp = decide(current, stamp, seq, version, floor_of(ci))
+            if write then
                 if value == false then
                     redis.call('HDEL', values, field)
                 else
                     redis.call('HSET', values, field, value)
                 end
-                redis.call('HSET', stamps, field, stamp)
                 written = written + 1
             else
                 stale = stale + 1
+            end
+            if new_stamp then
+                redis.call('HSET', stamps, field, new_stamp)
             end
         end
         for _, ki in ipairs(ev[6]) do

@@ -26,10 +26,12 @@ from ops.commands._common import (
 
 EPILOG = """\
 Critical data (credit-costs, roles, user-status, user-roles, configs) is shown with each field's
-stamp: "<seq>" or "<seq>:<version>" of the event that set it (a newer event wins), or
-"snapshot <= N" for a value loaded by the preload that started at sequence N (the class floor:
-events stamped at or below it are refused). A stamp without a value is a tombstone: the field
-was deleted and an older write cannot bring it back.
+stamp: "<seq>" or "<seq>:<version>" of the event that set it (a newer event wins),
+"<seq>:<version>+" for a value the preload that started at sequence <seq> loaded or confirmed
+(the entity is at that version or later: an older version is refused), or "snapshot <= N" for
+a value loaded by the preload that started at sequence N (the class floor: events stamped at or
+below it are refused). A stamp without a value is a tombstone: the field was deleted and an
+older write cannot bring it back.
 Reference entries (profiles, hierarchy nodes) are shown with two times: fresh until (after it a
 read fetches from the Wrapper again) and stale until (Redis keeps the entry that long so that
 it can still be served while the Wrapper fails: CRM_REFERENCE_MAX_STALE)."""
@@ -96,7 +98,7 @@ def render(contents: dict[str, Any]) -> None:
         )
         table.add_column("field", overflow="fold")
         table.add_column("value", overflow="fold")
-        table.add_column("stamp (seq[:version])")
+        table.add_column("stamp (seq[:version][+])")
         snapshot = f"snapshot <= {data['floor']}" if data.get("floor") else "-"
         for entry in data["entries"]:
             table.add_row(entry["field"], _short(entry["value"]), entry["stamp"] or snapshot)

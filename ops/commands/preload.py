@@ -115,7 +115,13 @@ def inline(
                 progress.update(task, description=f"preloading {tenant}")
                 started = time.perf_counter()
                 try:
-                    report = preload_tenant(store, wrapper, tenant, settings.preload_page_size)
+                    report = preload_tenant(
+                        store,
+                        wrapper,
+                        tenant,
+                        settings.preload_page_size,
+                        tombstone_retention_s=settings.tombstone_retention,
+                    )
                 except CrmCacheError as exc:
                     results.append({"tenant": tenant, "ok": False, "detail": str(exc)})
                 else:
