@@ -43,6 +43,9 @@ class Event:
     upstream_seq: int | None = None
     occurred_at: str | None = None
     seq: int = 0
+    upstream_prev: int | None = None
+    """The upstream seq the subscriber saw last on this stream before this event (None: none
+    seen since it started): what apply_events.lua needs to advance ``upstream-seq:<stream>``."""
 
     def to_task(self) -> dict[str, Any]:
         """The compact JSON form carried by an apply_events task."""
@@ -56,6 +59,10 @@ class Event:
             body["id"] = self.event_id
         if self.version is not None:
             body["v"] = self.version
+        if self.upstream_seq is not None:
+            body["u"] = self.upstream_seq
+            if self.upstream_prev is not None:
+                body["p"] = self.upstream_prev
         return body
 
     @classmethod
@@ -149,12 +156,15 @@ def _event_from_task(tenant: str, body: Mapping[str, Any], limits: EventLimits) 
         envelope["eventId"] = body["id"]
     if "v" in body:
         envelope["version"] = body["v"]
+    if "u" in body:
+        envelope["seq"] = body["u"]
     event = parse_envelope(tenant, str(stream), envelope, limits)
     require_stream(event.event_type, event.stream, tenant)
     seq = body.get("s")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise InvalidEvent("task event without a valid stamp", tenant)
-    return Event(**{**event.__dict__, "seq": seq})
+    prev = optional_count(body, "p") if event.upstream_seq is not None else None
+    return Event(**{**event.__dict__, "seq": seq, "upstream_prev": prev})
 
 
 def parse_envelope(

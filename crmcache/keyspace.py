@@ -214,6 +214,12 @@ class TenantKeys:
         return f"{self.prefix}:event-ids"
 
     @property
+    def upstream_pending(self) -> str:
+        """``<stream>:<prev>`` -> upstream seq of an event applied before the event it follows
+        on its stream (apply_events.lua advances ``upstream-seq:<stream>`` through them)."""
+        return f"{self.prefix}:upstream-pending"
+
+    @property
     def applied_batches(self) -> str:
         """Recently applied batches, by their highest receipt stamp (apply_events.lua)."""
         return f"{self.prefix}:applied-batches"

@@ -222,8 +222,13 @@ class Store:
                 event_id = f"#{event.seq}"  # a delta must not be added twice on redelivery
             version = event.version if event.version is not None else -1
             stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
-            batch.append([stamp, event.seq, version, event_id, writes, invalidations, deltas])
-        key_list.append(keys.applied_batches)  # the last key (apply_events.lua)
+            upstream = [event.stream, event.upstream_seq, event.upstream_prev or -1]
+            batch.append(
+                [stamp, event.seq, version, event_id, writes, invalidations, deltas]
+                + (upstream if event.upstream_seq is not None else [])
+            )
+        key_list.append(keys.upstream_pending)  # the last two keys (apply_events.lua)
+        key_list.append(keys.applied_batches)
         args: list[str | int] = [
             _CLASS_NAMES,
             json.dumps(batch),

@@ -258,8 +258,7 @@ class Subscriber:
         payload = message["data"]
         self.stats["received"] += 1
         try:
-            event = parse_message(channel, payload, self._limits)
-            self._check_gap(event)
+            event = self._check_gap(parse_message(channel, payload, self._limits))
             self.batcher.add(event, time.monotonic())
         except InvalidEvent as exc:
             self._dead_letter(exc.reason, channel, payload, exc.tenant, exc.__cause__)
@@ -300,14 +299,17 @@ class Subscriber:
         except StoreUnavailable:
             logger.error("could not dead-letter message on %r: Redis unavailable", channel[:120])
 
-    def _check_gap(self, event: Event) -> None:
-        """A jump in the Wrapper's own `seq` means messages were lost: resync that tenant."""
+    def _check_gap(self, event: Event) -> Event:
+        """A jump in the Wrapper's own `seq` means messages were lost: resync that tenant.
+        Returns the event with the seq seen before it on its stream (``upstream_prev``)."""
         if event.upstream_seq is None:
-            return
+            return event
         key = (event.tenant, event.stream)
         last = self._last_seq.get(key)
         if last is None or event.upstream_seq > last:
             self._last_seq[key] = event.upstream_seq
+        if last is not None and event.upstream_seq > last:
+            event = replace(event, upstream_prev=last)
         if last is not None and event.upstream_seq > last + 1:
             self.stats["gaps"] += 1
             now = time.monotonic()
@@ -322,6 +324,7 @@ class Subscriber:
                 )
                 self.enqueuer.preload(event.tenant, "gap")
                 self.stats["resyncs"] += 1
+        return event
 
     def _stamp(self, event: Event, fresh: int) -> Event:
         """Stamp an event; a re-published eventId keeps its first copy's stamp, so that the

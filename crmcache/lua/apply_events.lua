@@ -6,12 +6,14 @@
 -- KEYS[3+2n ..]      reference entries and leases to delete (invalidations)
 -- ARGV[1]            JSON list of the n data class names (for the floor:<class> meta fields)
 -- ARGV[2]            JSON batch:
---                    [[stamp, seq, version|-1, eventId|"", writes, invalidations, deltas], ...]
+--                    [[stamp, seq, version|-1, eventId|"", writes, invalidations, deltas
+--                      (, stream, upstream seq, upstream seq seen before it|-1)], ...]
 --                    writes: [[classIndex (1-based), field, value|false (= delete)], ...]
 --                    invalidations: [KEYS index, ...]
 --                    deltas: [[KEYS index of a balance, amount], ...] (credit top-ups)
 -- ARGV[3]            dedupe window in ms
 -- ARGV[4]            change-notification channel (crm:<t>:changes)
+-- KEYS[#KEYS-1]      crm:{t}:upstream-pending  hash: "<stream>:<prev>" -> upstream seq
 -- KEYS[#KEYS]        crm:{t}:applied-batches  zset: a batch's highest stamp -> applied-at ms
 -- ARGV[5]            how long a batch stays recorded there, ms
 --
@@ -38,6 +40,12 @@
 -- * a credit delta is added to a cached balance once per eventId (the caller gives delta
 --   events without an id a stamp-based one); a balance not cached is left alone (the next
 --   read-through fetches the Wrapper's balance, which includes the top-up);
+-- * meta upstream-seq:<stream> (what a "<stream>:<seq>" token is checked against) only rises,
+--   and only to an event's upstream seq once the event the subscriber saw before it on that
+--   stream (its "prev") is applied too; an event applied ahead of its prev waits in
+--   upstream-pending until the prev arrives. An event with no prev (the first the subscriber
+--   saw since it started; it resyncs the tenant then) raises it directly, and so does a gap:
+--   a lost event never arrives, and the subscriber resyncs the tenant;
 -- * when anything changed, meta.version is bumped and published on ARGV[4];
 -- * every batch that ran is recorded by its highest stamp for ARGV[5] ms, changed or not, so
 --   the subscriber can tell a batch held by a hung worker from one that was applied.
@@ -86,8 +94,32 @@ local function decide(stamp, ev_stamp, seq, version, floor)
     return false, nil
 end
 
+local pending = KEYS[#KEYS - 1]
+local function advance_upstream(stream, useq, prev)
+    local field = 'upstream-seq:' .. stream
+    local cur = tonumber(redis.call('HGET', meta, field) or '-1')
+    if prev >= 0 and cur < prev then
+        redis.call('HSET', pending, stream .. ':' .. prev, useq)
+        redis.call('PEXPIRE', pending, tonumber(ARGV[5]))
+        return
+    end
+    local top = math.max(cur, useq)
+    local nxt = redis.call('HGET', pending, stream .. ':' .. top)
+    while nxt do
+        redis.call('HDEL', pending, stream .. ':' .. top)
+        top = math.max(top, tonumber(nxt))
+        nxt = redis.call('HGET', pending, stream .. ':' .. top)
+    end
+    if top > cur then
+        redis.call('HSET', meta, field, top)
+    end
+end
+
 local written, stale, duplicates, touched = 0, 0, 0, false
 for _, ev in ipairs(batch) do
+    if ev[8] then
+        advance_upstream(ev[8], ev[9], ev[10])
+    end
     local stamp, seq, version, event_id = ev[1], ev[2], ev[3], ev[4]
     if event_id ~= '' and redis.call('ZSCORE', ids, event_id) then
         duplicates = duplicates + 1
