@@ -302,15 +302,16 @@ class Subscriber:
     def _check_gap(self, event: Event) -> Event:
         """A jump in the Wrapper's own `seq` means messages were lost: resync that tenant.
         Returns the event with the seq seen before it on its stream (``upstream_prev``)."""
-        if event.upstream_seq is None:
+        useq = event.upstream_seq
+        if useq is None:
             return event
         key = (event.tenant, event.stream)
         last = self._last_seq.get(key)
-        if last is None or event.upstream_seq > last:
-            self._last_seq[key] = event.upstream_seq
-        if last is not None and event.upstream_seq > last:
+        if last is None or useq > last:
+            self._last_seq[key] = useq
+        if last is not None and useq > last:
             event = replace(event, upstream_prev=last)
-        if last is not None and event.upstream_seq > last + 1:
+        if last is not None and useq > last + 1:
             self.stats["gaps"] += 1
             now = time.monotonic()
             if now - self._last_gap_resync.get(event.tenant, -1e9) >= GAP_RESYNC_INTERVAL:
@@ -319,7 +320,7 @@ class Subscriber:
                     "tenant=%s gap in %s seq (%d after %d): resyncing",
                     event.tenant,
                     event.stream,
-                    event.upstream_seq,
+                    useq,
                     last,
                 )
                 self.enqueuer.preload(event.tenant, "gap")

@@ -94,7 +94,14 @@ class CRMCache:
             with self._lock:
                 state = self._tenants.get(tenant)
                 if state is None:
-                    state = TenantState(validate_tenant(tenant), self)
+                    state = TenantState(
+                        validate_tenant(tenant),
+                        self.settings,
+                        self.conn,
+                        self.wrapper,
+                        self.budget,
+                        self.local,
+                    )
                     self._tenants[tenant] = state
         return state
 

@@ -11,6 +11,7 @@ its next read (``TenantState.dropped``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consumer.read.balances import BalanceReader
@@ -22,8 +23,12 @@ from consumer.read.reference import ReferenceReader
 from crmcache.keyspace import TenantKeys
 
 if TYPE_CHECKING:
-    from consumer.read.cache import CRMCache
+    from config.settings import Settings
+    from consumer.read.budget import EntryBudget
+    from consumer.read.connection import ReaderConnection
+    from consumer.read.read_through import LocalCopies
     from consumer.read.reservations import Reservations
+    from crmcache.wrapper import WrapperClient
 
 
 class TenantState:
@@ -45,14 +50,22 @@ class TenantState:
         "dropped",
     )
 
-    def __init__(self, tenant: str, cache: CRMCache) -> None:
-        settings, conn, wrapper = cache.settings, cache.conn, cache.wrapper
+    def __init__(
+        self,
+        tenant: str,
+        settings: Settings,
+        conn: ReaderConnection,
+        wrapper: Callable[[], WrapperClient],
+        budget: EntryBudget,
+        local: LocalCopies,
+    ) -> None:
+        """The parts of the process's client (consumer/read/cache.py) a tenant reads through."""
         self.tenant = tenant
         self.keys = TenantKeys.of(tenant)
         self.metrics = ReadMetrics()
-        self.near = NearCache(settings.near_cache_staleness_ms, budget=cache.budget)
+        self.near = NearCache(settings.near_cache_staleness_ms, budget=budget)
         self.preloads = PreloadRequests(tenant, settings, conn)
-        self.local = cache.local.of(tenant)
+        self.local = local.of(tenant)
         self.critical = CriticalReader(
             tenant, settings, conn, self.near, self.metrics, self.preloads.request
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 from consumer.read.reservations import CreditHold, Reservations
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
@@ -31,8 +31,11 @@ from crmcache.keyspace import RefKind, TenantKeys
 from crmcache.tenancy import validate_tenant
 
 if TYPE_CHECKING:
-    from consumer.read.cache import CRMCache
+    from config.settings import Settings
+    from consumer.read.connection import ReaderConnection
     from crmcache.credits import Deduction
+    from crmcache.store import Store
+    from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +46,28 @@ DEFAULT_OPERATION = "crm.credits.deduct"
 """The operationCode reported to the Wrapper for a deduction that names none."""
 
 
+class ReadClient(Protocol):
+    """What a view needs of the process's client (``consumer.read.cache.CRMCache``)."""
+
+    settings: Settings
+    conn: ReaderConnection
+    store: Store
+    running: bool
+
+    def wrapper(self) -> WrapperClient: ...
+    def start(self) -> object: ...
+    def state(self, tenant: str) -> TenantState: ...
+    def flush_metrics(self, tenants: list[str] | None = None) -> int: ...
+    def breaker_state(self, tenant: str) -> str: ...
+    def get_metrics(self) -> dict[str, Any]: ...
+
+
 class TenantView:
     """Critical reads (near-cache, Redis), reference reads (read-through), metrics: one tenant."""
 
     __slots__ = ("tenant", "cache", "settings", "keys", "closed", "_state")
 
-    def __init__(self, cache: CRMCache, tenant_id: str) -> None:
+    def __init__(self, cache: ReadClient, tenant_id: str) -> None:
         self.tenant = validate_tenant(tenant_id)
         self.cache = cache
         self.settings = cache.settings
