@@ -35,6 +35,7 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store, translate_errors
+from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -98,6 +99,8 @@ class Deduction:
     replayed: bool
     settle_now: bool = False
     """True when the caller should enqueue settle_credits (no settle task is queued)."""
+    token: str = ""
+    """The consistency token of the tenant's data as the charge left it (crmcache/tokens.py)."""
 
     @classmethod
     def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
@@ -109,6 +112,7 @@ class Deduction:
             remaining=as_number(record["remaining"]),
             occurred_at=record["occurredAt"],
             replayed=replayed,
+            token=version_token(record.get("epoch"), int(record.get("version") or 0)),
         )
 
 
@@ -202,7 +206,7 @@ def deduct(
         reply = store.run_credit_script("deduct_credits", tenant, key_list, args)
         outcome = reply[0].decode()
         if outcome == "charged":
-            remaining, _entry, enqueue = reply[1], reply[2], reply[3]
+            remaining, _entry, enqueue, version, epoch = reply[1:6]
             return Deduction(
                 deduction_id=args[2],  # type: ignore[arg-type]
                 user_id=user_id,
@@ -212,6 +216,7 @@ def deduct(
                 occurred_at=occurred_at,
                 replayed=False,
                 settle_now=bool(enqueue),
+                token=version_token(epoch, int(version)),
             )
         if outcome == "replay":
             flat = [part.decode() for part in reply[1]]

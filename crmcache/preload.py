@@ -20,6 +20,7 @@ from crmcache.errors import InvalidEvent
 from crmcache.events import FieldWrite, parse_envelope, plan_writes
 from crmcache.keyspace import DataClass
 from crmcache.store import TOMBSTONE_RETENTION_S, Store
+from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class PreloadReport:
     removed: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     superseded: bool = False
+    token: str = ""
+    """The consistency token of the tenant's data once marked ready ("" when superseded)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class PreloadReport:
             "skipped": self.skipped[:20],
             "skippedCount": len(self.skipped),
             "superseded": self.superseded,
+            "token": self.token,
         }
 
 
@@ -115,5 +119,5 @@ def preload_tenant(
             len(report.skipped),
             report.skipped[0],
         )
-    store.mark_ready(tenant, s0)
+    report.token = version_token(s0.epoch, store.mark_ready(tenant, s0))
     return report

@@ -24,6 +24,7 @@ from crmcache import keyspace
 from crmcache.errors import StoreUnavailable
 from crmcache.events import Event, plan_writes
 from crmcache.keyspace import DATA_CLASSES, DataClass, TenantKeys
+from crmcache.tokens import version_token
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -100,6 +101,12 @@ class ApplyResult:
     version: int
     rejected: tuple[tuple[Event, Exception], ...] = ()
     """Events left out because planning their writes raised (a bug of ours), with the error."""
+    epoch: str = ""
+
+    @property
+    def token(self) -> str:
+        """The consistency token of the tenant's data as this batch left it (crmcache/tokens.py)."""
+        return version_token(self.epoch, self.version)
 
 
 def _text(value: bytes | str) -> str:
@@ -237,8 +244,15 @@ class Store:
             APPLIED_BATCH_RECORD_MS,
         ]
         with translate_errors():
-            written, stale, duplicates, version = self.script("apply_events")(key_list, args)
-        return ApplyResult(int(written), int(stale), int(duplicates), int(version), tuple(rejected))
+            written, stale, duplicates, version, epoch = self.script("apply_events")(key_list, args)
+        return ApplyResult(
+            int(written),
+            int(stale),
+            int(duplicates),
+            int(version),
+            tuple(rejected),
+            _text(epoch),
+        )
 
     def applied_batches(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
         """Which of these batches (tenant -> highest stamps) apply_events.lua recorded as run

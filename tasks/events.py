@@ -62,7 +62,7 @@ def _raw(body: Any) -> str:
     retry_jitter=True,
     max_retries=100,
 )
-def apply_events(tenant: str, events: list[dict[str, Any]]) -> dict[str, int]:
+def apply_events(tenant: str, events: list[dict[str, Any]]) -> dict[str, int | str]:
     """Apply the batch; invalid entries are dead-lettered, the rest applied idempotently."""
     store = resources.store()
     settings = resources.settings()
@@ -89,4 +89,5 @@ def apply_events(tenant: str, events: list[dict[str, Any]]) -> dict[str, int]:
         "duplicates": result.duplicates,
         "rejected": len(rejected) + len(result.rejected),
         "version": result.version,
+        "token": result.token,
     }

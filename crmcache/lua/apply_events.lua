@@ -49,7 +49,9 @@
 -- * when anything changed, meta.version is bumped and published on ARGV[4];
 -- * every batch that ran is recorded by its highest stamp for ARGV[5] ms, changed or not, so
 --   the subscriber can tell a batch held by a hung worker from one that was applied.
--- Returns {fields written, writes skipped as stale, duplicate events, meta version}.
+-- * the reply names the (epoch, version) the batch left: its consistency token. A tenant with
+--   no epoch yet gets one here (Redis's clock; readers and preloads make theirs at random).
+-- Returns {fields written, writes skipped as stale, duplicate events, meta version, epoch}.
 
 local classes = cjson.decode(ARGV[1])
 local batch = cjson.decode(ARGV[2])
@@ -176,4 +178,9 @@ redis.call('ZADD', applied, now, string.format('%d', top))
 redis.call('ZREMRANGEBYSCORE', applied, '-inf', now - lifetime)
 redis.call('PEXPIRE', applied, lifetime)
 
-return {written, stale, duplicates, version}
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+    epoch = string.format('w%s-%s', t[1], t[2])
+    redis.call('HSETNX', meta, 'epoch', epoch)
+end
+return {written, stale, duplicates, version, epoch}

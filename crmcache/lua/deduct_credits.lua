@@ -25,7 +25,9 @@
 --   (so the same key may succeed after a top-up);
 -- * otherwise the balance is decremented (never below 0), the deduction appended to the
 --   outbox (amount > 0 only), the record kept for the TTL, and {'charged', remaining,
---   outbox entry id or '', 1 if the caller must enqueue settlement} returned;
+--   outbox entry id or '', 1 if the caller must enqueue settlement, meta version, epoch}
+--   returned (the version and epoch, the charge's consistency token, are kept in the record
+--   too, so a replay answers the same token);
 -- * a charge (amount > 0) bumps meta.version and publishes it with `written` 0 (no critical
 --   field changed), exactly like a batch of events that changed a balance: readers that keep
 --   balances in their near-cache drop them, and keep their costs and permissions.
@@ -63,6 +65,7 @@ end
 
 local remaining = balance_text
 local entry_id, enqueue = '', 0
+local version = redis.call('HGET', KEYS[5], 'version') or '0'
 if amount > 0 then
     remaining = redis.call('INCRBYFLOAT', balance_key, '-' .. amount_text)
     if tonumber(remaining) < 0 then
@@ -79,13 +82,19 @@ if amount > 0 then
     if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[9]) then
         enqueue = 1
     end
-    local version = redis.call('HINCRBY', KEYS[5], 'version', 1)
+    version = redis.call('HINCRBY', KEYS[5], 'version', 1)
     redis.call('PUBLISH', ARGV[11], cjson.encode({version = version, written = 0}))
+end
+local epoch = redis.call('HGET', KEYS[5], 'epoch')
+if not epoch then
+    local t = redis.call('TIME')
+    epoch = string.format('w%s-%s', t[1], t[2])
+    redis.call('HSET', KEYS[5], 'epoch', epoch)
 end
 
 redis.call('HSET', record_key,
     'fingerprint', fingerprint, 'deductionId', deduction_id,
     'userId', ARGV[5], 'operationCode', ARGV[6], 'amount', amount_text,
-    'remaining', remaining, 'occurredAt', ARGV[7])
+    'remaining', remaining, 'occurredAt', ARGV[7], 'version', version, 'epoch', epoch)
 redis.call('PEXPIRE', record_key, ARGV[4])
-return {'charged', remaining, entry_id, enqueue}
+return {'charged', remaining, entry_id, enqueue, version, epoch}
