@@ -84,6 +84,28 @@ def test_publish_reads_the_event_from_stdin(subscriber: Any, r: redis.Redis) -> 
     wait_until(lambda: r.hget(COSTS, "crm.x") == b"0", what="a cost of 0")
 
 
+def test_publish_prints_the_seq_token_and_waits_until_the_event_is_applied(
+    subscriber: Any, r: redis.Redis
+) -> None:
+    event = {
+        "eventType": "user-changed",
+        "seq": 7,
+        "data": {"userId": "u-tok", "status": "suspended"},
+    }
+    result = cli_json("publish", "--wait", "20", "tok", "users", json.dumps(event))
+    assert result["token"] == "users:7"
+    # --wait returned only once the event was applied, with the version token it left
+    keys = TenantKeys.of("tok")
+    assert r.hget(keys.values(DataClass.USER_STATUS), "u-tok") == b"suspended"
+    epoch, version = r.hmget(keys.meta, "epoch", "version")
+    assert result["appliedToken"] == f"v1.{epoch.decode()}.{int(version)}"
+
+
+def test_publish_wait_needs_a_seq(r: redis.Redis) -> None:
+    done = cli("publish", "--wait", "1", "acme", "credit-configs", cost_event("crm.x", 1))
+    assert done.returncode == 2 and "--wait needs" in done.stderr
+
+
 def test_publish_refuses_an_invalid_event_with_exit_2(r: redis.Redis) -> None:
     result = cli_json(
         "publish", "acme", "credit-configs", cost_event("crm.leads.create", -1), code=2
