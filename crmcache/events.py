@@ -207,6 +207,21 @@ def parse_envelope(
     )
 
 
+REVOKING_TYPES = frozenset({"user-deleted", "role-changed", "role-deleted"})
+
+
+def may_revoke(event: Event) -> bool:
+    """Whether the event can take access away (a user suspended or deleted, a role changed or
+    deleted): the subscriber sends such events at once, on the interactive lane, even for a
+    tenant in the middle of a flood (consumer/ingest/batcher.py)."""
+    if event.event_type in REVOKING_TYPES:
+        return True
+    if event.event_type == "user-changed":
+        status = event.data.get("status")
+        return "roles" in event.data or (status is not None and status != "active")
+    return False
+
+
 def plan_writes(event: Event) -> WritePlan:
     """The field writes and reference invalidations one event causes (the README's event
     contract table)."""

@@ -7,7 +7,25 @@ from crmcache.events import Event
 
 
 def event(tenant: str = "acme") -> Event:
-    return Event(tenant=tenant, stream="roles", event_type="role-deleted", data={"roleId": "r"})
+    data = {"operationCode": "op", "newValue": 1}
+    return Event(tenant, "credit-configs", "credit-config-changed", data)
+
+
+def revoke(tenant: str = "acme") -> Event:
+    return Event(tenant, "users", "user-changed", {"userId": "u", "status": "suspended"})
+
+
+def test_a_revocation_in_a_bulk_tenant_does_not_wait_for_the_bulk_batch() -> None:
+    batcher = Batcher(100, 0.005, bulk_batch_size=1000, bulk_flush_interval=0.05)
+    batcher.bulk = frozenset({"acme"})
+    batcher.add(event(), now=10.0)
+    assert not batcher.due(now=10.006, idle=False)  # a flood's batch waits to grow
+    batcher.add(revoke(), now=10.006)
+    assert batcher.due(now=10.006, idle=False)  # a suspension waits no longer than 5 ms
+    assert [e.event_type for e in batcher.drain(10.006, everything=False)["acme"]] == [
+        "credit-config-changed",
+        "user-changed",
+    ]
 
 
 def test_a_lone_event_is_due_at_once_when_the_socket_is_idle() -> None:

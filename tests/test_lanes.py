@@ -11,7 +11,8 @@ from crmcache.events import Event
 
 
 def event(tenant: str) -> Event:
-    return Event(tenant=tenant, stream="users", event_type="user-deleted", data={"userId": "u"})
+    data = {"operationCode": "op", "newValue": 1}  # not a revocation (those skip the bulk wait)
+    return Event(tenant, "credit-configs", "credit-config-changed", data)
 
 
 @pytest.mark.parametrize(

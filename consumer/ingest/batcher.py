@@ -12,11 +12,16 @@ pending until it holds `bulk_batch_size` events or is `bulk_flush_interval` old.
 grow with the backlog (fewer, larger tasks drain a flood with less overhead), a quiet tenant's
 flush never waits for them, and an idle socket still sends everything at once: a busy tenant
 that the pipeline keeps up with gets no extra latency.
+
+Except for revocations: a bulk tenant's batch that holds an event that may take access away (a
+user suspended or deleted, a role changed or deleted) is due like an interactive tenant's, and
+the subscriber sends those events in a batch of their own on the interactive lane; a flood of
+them still makes at most one such batch per `flush_interval`.
 """
 
 from __future__ import annotations
 
-from crmcache.events import Event
+from crmcache.events import Event, may_revoke
 
 
 class Batcher:
@@ -34,6 +39,9 @@ class Batcher:
         self.bulk: frozenset[str] = frozenset()
         self._pending: dict[str, list[Event]] = {}
         self._first: dict[str, float] = {}
+        self._urgent: set[str] = set()
+        """Bulk tenants whose pending batch holds an event that may revoke access
+        (``crmcache.events.may_revoke``): their batch is due like an interactive one."""
         self._count = 0
         self._full = False
         self._last_flush = float("-inf")
@@ -47,7 +55,7 @@ class Batcher:
         return self._full
 
     def _limits(self, tenant: str) -> tuple[int, float]:
-        if tenant in self.bulk:
+        if tenant in self.bulk and tenant not in self._urgent:
             return self.bulk_batch_size, self.bulk_flush_interval
         return self.batch_size, self.flush_interval
 
@@ -59,6 +67,8 @@ class Batcher:
             self._first[event.tenant] = now
         if len(batch) >= self._limits(event.tenant)[0]:
             self._full = True
+        if may_revoke(event):
+            self._urgent.add(event.tenant)
 
     def _ripe(self, tenant: str, now: float) -> bool:
         """A bulk tenant's batch is due only when full or old enough."""
@@ -70,7 +80,7 @@ class Batcher:
             return False
         if self._full or (idle and now - self._last_flush >= self.flush_interval):
             return True
-        interactive = [t for t in self._first if t not in self.bulk]
+        interactive = [t for t in self._first if t not in self.bulk or t in self._urgent]
         if interactive and now - min(self._first[t] for t in interactive) >= self.flush_interval:
             return True
         return any(self._ripe(t, now) for t in self._first if t in self.bulk)
@@ -88,12 +98,14 @@ class Batcher:
         batch stays pending unless it is full or old enough; every other tenant's is sent."""
         if everything or not self.bulk:
             pending, self._pending, self._first = self._pending, {}, {}
+            self._urgent.clear()
         else:
             pending = {}
             for tenant in list(self._pending):
                 if tenant not in self.bulk or self._ripe(tenant, now):
                     pending[tenant] = self._pending.pop(tenant)
                     del self._first[tenant]
+                    self._urgent.discard(tenant)
         self._count -= sum(len(events) for events in pending.values())
         self._full = False
         self._last_flush = now
