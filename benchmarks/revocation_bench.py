@@ -191,9 +191,13 @@ def measure(
     time.sleep(0.5)
     sent: list[float] = []
     revoke_all(r, wrapper, users[: args.revokes], args.interval, sent)
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
     with Background(args.url, args.rate):
         time.sleep(0.5)
         revoke_all(r, wrapper, users[args.revokes :], args.interval, sent)
+        depth = {q: broker.llen(q) for q in ("crm.events", "crm.events.bulk")}
+    broker.close()
+    print(f"  {prefix} broker queue depth at the end of the load: {depth}", file=sys.stderr)
     api.join(timeout=30)
     seen = [api_seen]
     for proc in readers:
