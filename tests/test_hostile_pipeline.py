@@ -102,10 +102,10 @@ def test_a_bug_while_handling_one_message_dead_letters_it_and_logs_one_traceback
     # Given a bug of ours hit by some messages (the one fault here real input cannot produce)
     check_gap = Subscriber._check_gap
 
-    def broken(self: Subscriber, event: Event) -> None:
+    def broken(self: Subscriber, event: Event) -> Event:
         if str(event.data.get("operationCode")).startswith("poison"):
             raise ZeroDivisionError("division by zero")
-        check_gap(self, event)
+        return check_gap(self, event)
 
     monkeypatch.setattr(Subscriber, "_check_gap", broken)
     caplog.set_level(logging.WARNING, logger="consumer.ingest.subscriber")
