@@ -20,7 +20,6 @@ QUEUES = (EVENTS_QUEUE, EVENTS_BULK_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Lowercase Celery settings: JSON only, late acks, no result backend, bounded publishing."""
-    exchange = Exchange("crm", type="direct")
     # redis+sentinel:// becomes kombu's sentinel:// form plus master_name (redis_urls.py).
     broker_url, broker_extras = kombu_broker(settings.broker_url)
     return {
@@ -30,12 +29,47 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # stays the one source: a producer built from other Settings uses their broker.
         "broker_read_url": broker_url,
         "broker_write_url": broker_url,
-        "result_backend": None,
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "event_serializer": "json",
+        **_SERIALISATION,
+        **_delivery(settings),
+        # Redis transport: an unacknowledged message is redelivered after this many seconds; it
+        # must exceed every task's time limit or a running task would be delivered twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_socket_timeout,
+            "health_check_interval": 10,
+            **broker_extras,
+        },
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": settings.publish_max_retries,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 1.0,
+        },
+        **_routing(),
+        # Task events cost a PUBLISH per task state; Flower switches workers' events on while it
+        # watches (its --enable-events default), so nobody pays for them unobserved.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "beat_schedule": _beat_schedule(settings),
+        "timezone": "UTC",
+    }
+
+
+_SERIALISATION: dict[str, Any] = {
+    "result_backend": None,
+    "task_ignore_result": True,
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "event_serializer": "json",
+}
+
+
+def _delivery(settings: Settings) -> dict[str, Any]:
+    """At-least-once delivery and the time limits that bound it."""
+    return {
         # At-least-once: a task is acknowledged after it ran; a worker killed mid-task gets its
         # message back. The writes are idempotent, so running twice is safe.
         "task_acks_late": True,
@@ -59,56 +93,42 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "acks_on_timeout": False,
             }
         },
-        # Redis transport: an unacknowledged message is redelivered after this many seconds; it
-        # must exceed every task's time limit or a running task would be delivered twice.
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
-            "socket_timeout": settings.redis_socket_timeout,
-            "socket_connect_timeout": settings.redis_socket_timeout,
-            "health_check_interval": 10,
-            **broker_extras,
-        },
-        "task_publish_retry": True,
-        "task_publish_retry_policy": {
-            "max_retries": settings.publish_max_retries,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 1.0,
-        },
+    }
+
+
+def _routing() -> dict[str, Any]:
+    """One direct exchange, one queue per kind of work, routes by task name."""
+    exchange = Exchange("crm", type="direct")
+
+    def to(queue: str) -> dict[str, str]:
+        return {"queue": queue, "routing_key": queue}
+
+    return {
         "task_queues": tuple(Queue(name, exchange, routing_key=name) for name in QUEUES),
         "task_default_queue": EVENTS_QUEUE,
         "task_default_exchange": "crm",
         "task_default_routing_key": EVENTS_QUEUE,
         "task_routes": {
-            "crmcache.apply_events": {"queue": EVENTS_QUEUE, "routing_key": EVENTS_QUEUE},
-            "crmcache.preload_*": {"queue": PRELOAD_QUEUE, "routing_key": PRELOAD_QUEUE},
-            "crmcache.settle_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
-            "crmcache.reconcile_*": {"queue": CREDITS_QUEUE, "routing_key": CREDITS_QUEUE},
-            "crmcache.publish_metrics": {"queue": METRICS_QUEUE, "routing_key": METRICS_QUEUE},
+            "crmcache.apply_events": to(EVENTS_QUEUE),
+            "crmcache.preload_*": to(PRELOAD_QUEUE),
+            "crmcache.settle_*": to(CREDITS_QUEUE),
+            "crmcache.reconcile_*": to(CREDITS_QUEUE),
+            "crmcache.publish_metrics": to(METRICS_QUEUE),
         },
-        # Task events cost a PUBLISH per task state; Flower switches workers' events on while it
-        # watches (its --enable-events default), so nobody pays for them unobserved.
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
-        "beat_schedule": {
-            "preload-all-tenants": {
-                "task": "crmcache.preload_all",
-                "schedule": settings.preload_interval,
-            },
-            "publish-metrics": {
-                "task": "crmcache.publish_metrics",
-                "schedule": settings.metrics_publish_interval,
-            },
-            # A killed worker's half-sent deductions and lost settle tasks: see settlement.py.
-            "settle-credits-sweep": {
-                "task": "crmcache.settle_all",
-                "schedule": settings.settle_sweep_interval,
-            },
-            # Holds nobody finished, leads whose charge is not confirmed: crmcache/reconcile.py.
-            "reconcile-credits": {
-                "task": "crmcache.reconcile_credits",
-                "schedule": settings.reconcile_interval,
-            },
-        },
-        "timezone": "UTC",
+    }
+
+
+def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The periodic tasks beat sends."""
+
+    def every(task: str, seconds: float) -> dict[str, Any]:
+        return {"task": task, "schedule": seconds}
+
+    return {
+        "preload-all-tenants": every("crmcache.preload_all", settings.preload_interval),
+        "publish-metrics": every("crmcache.publish_metrics", settings.metrics_publish_interval),
+        # A killed worker's half-sent deductions and lost settle tasks: see settlement.py.
+        "settle-credits-sweep": every("crmcache.settle_all", settings.settle_sweep_interval),
+        # Holds nobody finished, leads whose charge is not confirmed: crmcache/reconcile.py.
+        "reconcile-credits": every("crmcache.reconcile_credits", settings.reconcile_interval),
     }
