@@ -34,7 +34,7 @@ from crmcache.errors import (
     WrapperNotFound,
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
-from crmcache.store import Store, translate_errors
+from crmcache.store import Store
 from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
@@ -116,13 +116,6 @@ class Deduction:
         )
 
 
-def cached_balance(store: Store, tenant: str, user_id: str) -> Number | None:
-    """The cached balance, or None when it was never read through."""
-    with translate_errors():
-        raw = store.redis.get(TenantKeys.of(tenant).balance(user_id))
-    return None if raw is None else as_number(raw)
-
-
 def load_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str) -> Number:
     """Read the balance through from the Wrapper into the cache (SET NX: a balance already
     cached, maybe already charged, is never overwritten) and return the cached value."""
@@ -135,19 +128,7 @@ def load_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str
         text = format_amount(available)  # type: ignore[arg-type]
     except ValueError:
         raise WrapperError(f"credits of {user_id!r}: 'available' is not a number >= 0") from None
-    key = TenantKeys.of(tenant).balance(user_id)
-    with translate_errors():
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.set(key, text, nx=True)
-        pipe.get(key)
-        _, raw = pipe.execute()
-    return as_number(raw)
-
-
-def user_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str) -> Number:
-    """The available balance: from the cache, read through from the Wrapper when missing."""
-    balance = cached_balance(store, tenant, user_id)
-    return balance if balance is not None else load_balance(store, wrapper, tenant, user_id)
+    return as_number(store.seed_balance(tenant, user_id, text))  # type: ignore[arg-type]
 
 
 _CONFLICT = "this Idempotency-Key was already used with a different request"
@@ -235,7 +216,3 @@ def deduct(
     # (restarted empty) or the read-through could not write it. The user exists: never say
     # "not found" for that; fail closed as for any other cache outage.
     raise StoreUnavailable(f"the balance of {user_id!r} could not be kept in the cache")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

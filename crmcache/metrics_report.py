@@ -11,48 +11,30 @@ import json
 import logging
 from typing import Any
 
-import redis
-
 from config.tenancy import is_valid_tenant
-from crmcache import keyspace
-from crmcache.keyspace import TenantKeys
 from crmcache.read_metrics import build_snapshot
-from crmcache.store import now_ms, translate_errors
+from crmcache.store import Store, now_ms
 
 logger = logging.getLogger(__name__)
 
 
-def tenants_with_metrics(client: redis.Redis) -> list[str]:
+def tenants_with_metrics(store: Store) -> list[str]:
     """Tenants whose readers ever flushed counters (``crm:metrics:tenants``)."""
-    with translate_errors():
-        members = client.smembers(keyspace.METRICS_TENANTS)
-    tenants = (m.decode() if isinstance(m, bytes) else str(m) for m in members)
-    return sorted(t for t in tenants if is_valid_tenant(t))
+    return sorted(t for t in store.metrics_tenants() if is_valid_tenant(t))
 
 
 def publish_tenant_metrics(
-    client: redis.Redis, tenant: str, threshold: float, at_ms: int | None = None
+    store: Store, tenant: str, threshold: float, at_ms: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Snapshot, store and publish one tenant's metrics; returns (snapshot, alert or None)."""
-    keys = TenantKeys.of(tenant)
-    with translate_errors():
-        pipe = client.pipeline(transaction=False)
-        pipe.hgetall(keys.metrics)
-        pipe.get(keys.metrics_snapshot)
-        raw_counts, raw_previous = pipe.execute()
-    current = {k.decode(): int(v) for k, v in raw_counts.items()}
+    current, raw_previous = store.metrics_counters(tenant)
     previous = _previous_counters(raw_previous)
     snapshot, alert = build_snapshot(
         tenant, current, previous, threshold, at_ms if at_ms is not None else now_ms()
     )
     published = {k: v for k, v in snapshot.items() if k != "counters"}
-    with translate_errors():
-        pipe = client.pipeline(transaction=False)
-        pipe.set(keys.metrics_snapshot, json.dumps(snapshot, separators=(",", ":")))
-        pipe.publish(keys.metrics_channel, json.dumps(published, separators=(",", ":")))
-        if alert is not None:
-            pipe.publish(keys.metrics_channel, json.dumps(alert, separators=(",", ":")))
-        pipe.execute()
+    messages = [_compact(published)] + ([_compact(alert)] if alert is not None else [])
+    store.store_metrics_snapshot(tenant, _compact(snapshot), messages)
     if alert is not None:
         logger.warning(
             "tenant=%s critical hit rate %.4f below threshold %.4f (%d hits, %d misses)",
@@ -75,3 +57,7 @@ def _previous_counters(raw: bytes | None) -> dict[str, int] | None:
     if not isinstance(counters, dict):
         return None
     return {str(k): int(v) for k, v in counters.items() if isinstance(v, int)}
+
+
+def _compact(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))

@@ -53,28 +53,20 @@ class RunProgress:
         }
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def start_run(store: Store, tenants: Sequence[str]) -> str:
     """Begin a run of `tenants` (replacing the record of the previous run); its id."""
     run_id = uuid.uuid4().hex[:12]
-    with translate_errors():
-        pipe = store.redis.pipeline(transaction=True)
-        pipe.delete(keyspace.PRELOAD_RUN, keyspace.PRELOAD_FAILED)
-        mapping: dict[str, str | int] = {
-            "id": run_id,
-            "total": len(tenants),
-            "done": 0,
-            "failed": 0,
-            "retried": 0,
-            "started-ms": now_ms(),
-        }
-        if not tenants:
-            mapping["finished-ms"] = now_ms()
-        pipe.hset(keyspace.PRELOAD_RUN, mapping=mapping)  # type: ignore[arg-type]
-        pipe.execute()
+    mapping: dict[str, str | int] = {
+        "id": run_id,
+        "total": len(tenants),
+        "done": 0,
+        "failed": 0,
+        "retried": 0,
+        "started-ms": now_ms(),
+    }
+    if not tenants:
+        mapping["finished-ms"] = now_ms()
+    store.start_preload_run(mapping)
     return run_id
 
 
@@ -91,12 +83,7 @@ def record(store: Store, run_id: str | None, tenant: str, outcome: str, reason: 
 
 def progress(store: Store) -> RunProgress | None:
     """The latest run's progress and failures, or None when there never was one."""
-    with translate_errors():
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.hgetall(keyspace.PRELOAD_RUN)
-        pipe.hgetall(keyspace.PRELOAD_FAILED)
-        run_raw, failed_raw = pipe.execute()
-    run = {_text(k): _text(v) for k, v in run_raw.items()}
+    run, failures = store.preload_run()
     if "id" not in run:
         return None
     return RunProgress(
@@ -107,7 +94,7 @@ def progress(store: Store) -> RunProgress | None:
         retried=int(run.get("retried", 0)),
         started_ms=int(run.get("started-ms", 0)),
         finished_ms=int(run["finished-ms"]) if "finished-ms" in run else None,
-        failures={_text(k): _text(v) for k, v in failed_raw.items()},
+        failures=failures,
     )
 
 
@@ -128,13 +115,10 @@ class WrapperSlots:
             )
 
     def release(self, token: str) -> None:
-        with translate_errors():
-            self.store.redis.zrem(keyspace.PRELOAD_SLOTS, token)
+        self.store.release_preload_slot(token)
 
     def holders(self) -> int:
-        with translate_errors():
-            self.store.redis.zremrangebyscore(keyspace.PRELOAD_SLOTS, "-inf", now_ms())
-            return int(self.store.redis.zcard(keyspace.PRELOAD_SLOTS))
+        return self.store.preload_slot_holders()
 
     @contextmanager
     def hold(self, wait_s: float) -> Iterator[None]:

@@ -31,12 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from crmcache.credits import as_number
 from crmcache.errors import WrapperError, WrapperNotFound, WrapperUnavailable
-from crmcache.keyspace import CREDIT_TENANTS, OUTBOX_GROUP, TenantKeys
-from crmcache.store import Store, translate_errors
+from crmcache.store import Store
 from crmcache.wrapper import WrapperClient
 
 logger = logging.getLogger(__name__)
@@ -91,17 +88,8 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _entries(raw: Iterable[Any]) -> list[OutboxEntry]:
-    entries = []
-    for entry_id, fields in raw:
-        if fields:  # XCLAIM answers nothing useful for an entry deleted meanwhile
-            decoded = {_text(k): _text(v) for k, v in fields.items()}
-            entries.append(OutboxEntry(_text(entry_id), decoded))
-    return entries
+def _entries(records: Iterable[tuple[str, dict[str, str]]]) -> list[OutboxEntry]:
+    return [OutboxEntry(entry_id, fields) for entry_id, fields in records]
 
 
 class Settler:
@@ -114,76 +102,33 @@ class Settler:
     # --- reading the outbox ------------------------------------------------------------------
 
     def ensure_group(self, tenant: str) -> None:
-        with translate_errors():
-            try:
-                self.store.redis.xgroup_create(
-                    TenantKeys.of(tenant).credit_outbox, OUTBOX_GROUP, id="0", mkstream=True
-                )
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        self.store.ensure_outbox_group(tenant)
 
     def read_new(self, tenant: str, count: int) -> list[OutboxEntry]:
         """Entries no settler has seen yet; they become pending under this process."""
-        outbox = TenantKeys.of(tenant).credit_outbox
-        for _ in range(2):
-            try:
-                with translate_errors():
-                    reply: Any = self.store.redis.xreadgroup(
-                        OUTBOX_GROUP, consumer_name(), {outbox: ">"}, count=count
-                    )
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ensure_group(tenant)
-                continue
-            return _entries(reply[0][1]) if reply else []
-        return []
+        return _entries(self.store.read_outbox(tenant, consumer_name(), count))
 
     def claim(self, tenant: str, entry_ids: list[str]) -> list[OutboxEntry]:
         """Take these pending entries over (a retry of ours); settled ones are skipped."""
         if not entry_ids:
             return []
-        ids: list[int | bytes | str | memoryview] = list(entry_ids)
-        with translate_errors():
-            raw = self.store.redis.xclaim(
-                TenantKeys.of(tenant).credit_outbox,
-                OUTBOX_GROUP,
-                consumer_name(),
-                min_idle_time=0,
-                message_ids=ids,
-            )
-        return _entries(raw)
+        return _entries(self.store.claim_outbox(tenant, consumer_name(), entry_ids))
 
     def claim_idle(self, tenant: str, min_idle_ms: int, count: int) -> list[OutboxEntry]:
         """Take over entries pending longer than `min_idle_ms` (their settler died)."""
-        outbox = TenantKeys.of(tenant).credit_outbox
-        try:
-            with translate_errors():
-                reply = self.store.redis.xautoclaim(
-                    outbox, OUTBOX_GROUP, consumer_name(), min_idle_ms, "0-0", count=count
-                )
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc) or "no such key" in str(exc):
-                return []
-            raise
-        return _entries(reply[1])
+        return _entries(self.store.claim_idle_outbox(tenant, consumer_name(), min_idle_ms, count))
 
     def scheduled_done(self, tenant: str) -> None:
         """Clear the 'a settle task is queued' flag *before* reading: a deduction after this
         point enqueues a new task, so no entry is ever left without a task behind it."""
-        with translate_errors():
-            self.store.redis.delete(TenantKeys.of(tenant).settle_scheduled)
+        self.store.unschedule_settlement(tenant)
 
     def tenants(self) -> list[str]:
-        with translate_errors():
-            members = self.store.redis.smembers(CREDIT_TENANTS)
-        return sorted(_text(m) for m in members)
+        return self.store.credit_tenants()
 
     def outbox_length(self, tenant: str) -> int:
         """Deductions not yet acknowledged by the Wrapper."""
-        with translate_errors():
-            return int(self.store.redis.xlen(TenantKeys.of(tenant).credit_outbox))
+        return self.store.outbox_length(tenant)
 
     # --- settling ----------------------------------------------------------------------------
 
@@ -209,12 +154,7 @@ class Settler:
         return report
 
     def ack(self, tenant: str, entry_id: str) -> None:
-        outbox = TenantKeys.of(tenant).credit_outbox
-        with translate_errors():
-            pipe = self.store.redis.pipeline(transaction=True)
-            pipe.xack(outbox, OUTBOX_GROUP, entry_id)
-            pipe.xdel(outbox, entry_id)
-            pipe.execute()
+        self.store.ack_outbox(tenant, entry_id)
 
     def _reject(self, tenant: str, entry: OutboxEntry, reason: str) -> None:
         logger.error("tenant=%s dead-lettering outbox entry %s: %s", tenant, entry.entry_id, reason)
@@ -259,14 +199,4 @@ class Settler:
 
     def forget_dead_consumers(self, tenant: str) -> None:
         """Drop group members with nothing pending that have been idle for a day."""
-        outbox = TenantKeys.of(tenant).credit_outbox
-        try:
-            with translate_errors():
-                consumers = self.store.redis.xinfo_consumers(outbox, OUTBOX_GROUP)
-                for consumer in consumers:
-                    if consumer["pending"] == 0 and consumer["idle"] > DEAD_CONSUMER_IDLE_MS:
-                        self.store.redis.xgroup_delconsumer(
-                            outbox, OUTBOX_GROUP, _text(consumer["name"])
-                        )
-        except redis.ResponseError:
-            return  # no outbox or no group yet: nobody to forget
+        self.store.forget_idle_outbox_consumers(tenant, DEAD_CONSUMER_IDLE_MS)

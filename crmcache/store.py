@@ -8,26 +8,38 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-import time
-import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.commands.core import AsyncScript, Script
 
 from crmcache import keyspace
 from crmcache.errors import StoreUnavailable
 from crmcache.events import Event, plan_writes
-from crmcache.keyspace import DATA_CLASSES, DataClass, TenantKeys
+from crmcache.keyspace import DATA_CLASSES, META_EPOCH, META_READY, DataClass, TenantKeys
+from crmcache.store_base import (
+    async_lua_script,
+    lua_script,
+    now_ms,
+    text,
+    text_map,
+    translate_errors,
+)
+from crmcache.store_ops import OpsCommands
+from crmcache.store_outbox import OutboxCommands
 from crmcache.tokens import version_token
 
-if TYPE_CHECKING:
-    import redis.asyncio
+__all__ = [
+    "ApplyResult",
+    "SnapshotStart",
+    "Store",
+    "async_lua_script",
+    "lua_script",
+    "now_ms",
+    "translate_errors",
+]
 
 _CLASS_INDEX = {data_class: i + 1 for i, data_class in enumerate(DATA_CLASSES)}
 _CLASS_NAMES = json.dumps([c.value for c in DATA_CLASSES])
@@ -36,47 +48,8 @@ APPLIED_BATCH_RECORD_MS = 30_000
 """How long apply_events.lua remembers a batch it ran; the subscriber looks once a second."""
 
 
-_registered: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_registered_lock = threading.Lock()
-
-
-def _registered_script(client: Any, name: str) -> Any:
-    scripts = _registered.get(client)
-    script = scripts.get(name) if scripts is not None else None
-    if script is None:
-        with _registered_lock:
-            scripts = _registered.setdefault(client, {})
-            script = scripts.get(name)
-            if script is None:
-                script = client.register_script(keyspace.lua_source(name))
-                scripts[name] = script
-    return script
-
-
-def lua_script(client: redis.Redis, name: str) -> Script:
-    """``crmcache/lua/<name>.lua`` registered on ``client`` (EVALSHA, EVAL on NOSCRIPT). The
-    process's one script registry: the write side, the readers and the HTTP API share it."""
-    script: Script = _registered_script(client, name)
-    return script
-
-
-def async_lua_script(client: redis.asyncio.Redis, name: str) -> AsyncScript:
-    """``lua_script`` for an asyncio client (the HTTP API's event loop)."""
-    script: AsyncScript = _registered_script(client, name)
-    return script
-
-
 TOMBSTONE_RETENTION_S = 7 * 86_400
 """How long a snapshot keeps a versioned tombstone at least (CRM_TOMBSTONE_RETENTION)."""
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn redis-py's connection failures into the project's StoreUnavailable."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(f"Redis unavailable: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -109,23 +82,9 @@ class ApplyResult:
         return version_token(self.epoch, self.version)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class Store:
-    """Versioned, idempotent writes to one Redis (or Cluster) holding the materialized cache."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    def script(self, name: str) -> Script:
-        """The registered Lua script ``crmcache/lua/<name>.lua`` (EVALSHA, EVAL on NOSCRIPT)."""
-        return lua_script(self.redis, name)
+class Store(OutboxCommands, OpsCommands):
+    """Versioned, idempotent writes to one Redis (or Cluster) holding the materialized cache;
+    the outbox (``store_outbox``) and bookkeeping (``store_ops``) commands are mixed in."""
 
     # --- credits ----------------------------------------------------------------------------
 
@@ -149,11 +108,22 @@ class Store:
                     self.redis.script_load(script.script)  # a restarted or flushed Redis
         raise RuntimeError(f"{name}.lua could not be loaded")
 
+    def seed_balance(self, tenant: str, user_id: str, amount: str) -> bytes | str | None:
+        """Cache `amount` unless a balance is cached already (SET NX: one maybe already
+        charged is never overwritten); the cached balance after."""
+        key = TenantKeys.of(tenant).balance(user_id)
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(key, amount, nx=True)
+            pipe.get(key)
+            _, raw = pipe.execute()
+        return raw  # type: ignore[no-any-return]
+
     def record(self, key: str) -> dict[str, str]:
         """A hash as text (an idempotency or hold record); empty when there is none."""
         with translate_errors():
             raw = self.redis.hgetall(key)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return text_map(raw)
 
     def due_members(self, zset: str, limit: int) -> list[str]:
         """Members of `zset` whose score (a deadline in ms) is not after Redis's clock."""
@@ -161,13 +131,13 @@ class Store:
             seconds, micros = self.redis.time()
             now = seconds * 1000 + micros // 1000
             members = self.redis.zrangebyscore(zset, "-inf", now, start=0, num=limit)
-        return [_text(m) for m in members if isinstance(m, bytes | str)]
+        return [text(m) for m in members if isinstance(m, bytes | str)]
 
     def credit_tenants(self) -> list[str]:
         """Tenants that ever deducted or reserved (the settlement and reconciler work list)."""
         with translate_errors():
             members = self.redis.smembers(keyspace.CREDIT_TENANTS)
-        return sorted(_text(m) for m in members)
+        return sorted(text(m) for m in members)
 
     def unschedule_settlement(self, tenant: str) -> None:
         """Clear the 'a settle task is queued' flag, so the next charge enqueues one."""
@@ -251,7 +221,7 @@ class Store:
             int(duplicates),
             int(version),
             tuple(rejected),
-            _text(epoch),
+            text(epoch),
         )
 
     def applied_batches(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
@@ -281,11 +251,11 @@ class Store:
         with translate_errors():
             pipe = self.redis.pipeline(transaction=True)
             pipe.incr(keys.seq)
-            pipe.hset(keys.meta, "preload-started-ms", now_ms())
-            pipe.hsetnx(keys.meta, "epoch", f"s-{secrets.token_hex(8)}")
-            pipe.hget(keys.meta, "epoch")
+            pipe.hset(keys.meta, keyspace.META_PRELOAD_STARTED_MS, now_ms())
+            pipe.hsetnx(keys.meta, META_EPOCH, f"s-{secrets.token_hex(8)}")
+            pipe.hget(keys.meta, META_EPOCH)
             s0, _, _, epoch = pipe.execute()
-        return SnapshotStart(int(s0), _text(epoch))
+        return SnapshotStart(int(s0), text(epoch))
 
     def write_snapshot(
         self,
@@ -365,51 +335,16 @@ class Store:
             raise StoreUnavailable(_EPOCH_LOST.format(tenant=tenant))
         return version
 
-    # --- metadata, guards, dead letters ------------------------------------------------------
+    # --- metadata ---------------------------------------------------------------------------
 
     def tenant_meta(self, tenant: str) -> dict[str, str]:
         with translate_errors():
             raw = self.redis.hgetall(TenantKeys.of(tenant).meta)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return text_map(raw)
 
     def is_ready(self, tenant: str) -> bool:
         with translate_errors():
-            return self.redis.hget(TenantKeys.of(tenant).meta, "ready") == b"1"
-
-    def claim_run(self, job: str, ttl_s: int) -> bool:
-        """True for the first caller of `job` within `ttl_s` seconds: a beat guard (SET NX EX),
-        so that a second beat (two replicas, a restart) does nothing extra."""
-        with translate_errors():
-            return bool(self.redis.set(keyspace.schedule_guard(job), now_ms(), nx=True, ex=ttl_s))
-
-    def dead_letter(
-        self,
-        reason: str,
-        raw: bytes | str,
-        *,
-        channel: str = "",
-        tenant: str | None = None,
-        maxlen: int = 100_000,
-    ) -> None:
-        """Keep a rejected message with its reason (bounded stream), and count it."""
-        raw_bytes = raw.encode() if isinstance(raw, str) else raw
-        entry = {
-            "reason": reason[:1000],
-            "channel": channel[:300],
-            "tenant": tenant or "",
-            "size": len(raw_bytes),
-            "raw": raw_bytes[: 1024 * 1024],
-            "at-ms": now_ms(),
-        }
-        with translate_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(keyspace.DEAD_LETTERS, entry, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.incr(keyspace.DEAD_LETTER_COUNT)
-            pipe.execute()
-
-    def dead_letter_count(self) -> int:
-        with translate_errors():
-            return int(self.redis.get(keyspace.DEAD_LETTER_COUNT) or 0)
+            return self.redis.hget(TenantKeys.of(tenant).meta, META_READY) == keyspace.READY_FLAG
 
     # --- leases (the active subscriber) ------------------------------------------------------
 
@@ -428,4 +363,4 @@ class Store:
     def lease_holder(self, key: str) -> str | None:
         with translate_errors():
             holder = self.redis.get(key)
-        return _text(holder) if holder else None
+        return text(holder) if holder else None

@@ -31,10 +31,10 @@ def publish_metrics(guard: bool = True) -> dict[str, Any]:
     if guard and not store.claim_run("publish-metrics", ttl):
         logger.info("publish_metrics: another beat already ran this interval")
         return {"skipped": True}
-    tenants = sorted(set(tenants_with_metrics(store.redis)) | set(settings.tenants))
+    tenants = sorted(set(tenants_with_metrics(store)) | set(settings.tenants))
     alerts = []
     for tenant in tenants:
-        _, alert = publish_tenant_metrics(store.redis, tenant, settings.hit_rate_threshold)
+        _, alert = publish_tenant_metrics(store, tenant, settings.hit_rate_threshold)
         if alert is not None:
             alerts.append(tenant)
     return {"skipped": False, "tenants": tenants, "alerts": alerts}
