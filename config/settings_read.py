@@ -24,6 +24,11 @@ class ReadSettings(BaseSettings):
         default=1000, ge=10, le=600_000, validation_alias=env("CRM_NEAR_CACHE_STALENESS_MS")
     )
     """Hard bound: a near-cache answer is confirmed against meta.version at most this old."""
+    consistency_wait_ms: int = Field(
+        default=500, ge=0, le=60_000, validation_alias=env("CRM_CONSISTENCY_WAIT_MS")
+    )
+    """How long an at_least_as_fresh read waits for Redis to reach its token before it fails
+    (TokenNotReached)."""
     near_cache_max_entries: int = Field(
         default=500_000, ge=100, validation_alias=env("CRM_NEAR_CACHE_MAX_ENTRIES")
     )

@@ -80,3 +80,17 @@ class HoldClosed(CrmCacheError):
 
 class LeadStoreUnavailable(CrmCacheError):
     """The leads database could not be reached or did not answer in time."""
+
+
+class TokenNotReached(CrmCacheError):
+    """An ``at_least_as_fresh`` read whose token the cache did not reach within
+    CRM_CONSISTENCY_WAIT_MS: ``asked`` is the token, ``current`` the token of what Redis holds."""
+
+    def __init__(self, asked: str, current: str, waited_ms: float) -> None:
+        super().__init__(
+            f"the cache is at {current or 'no version'}, not yet at {asked}, "
+            f"after waiting {waited_ms:.0f} ms"
+        )
+        self.asked = asked
+        self.current = current
+        self.waited_ms = waited_ms

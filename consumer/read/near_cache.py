@@ -23,9 +23,11 @@ import threading
 from typing import Any, TypeAlias, TypeVar
 
 from consumer.read.budget import EntryBudget
+from crmcache.tokens import version_token
 
-Entry: TypeAlias = tuple[Any, int, float]
-"""(value, generation, monotonic time it was read from Redis)."""
+Entry: TypeAlias = tuple[Any, int, float, str]
+"""(value, generation, monotonic time it was read from Redis, token of the data it was read
+with)."""
 Balance: TypeAlias = tuple[int | float, int, bytes]
 """(available credits, meta version and epoch it was read at)."""
 
@@ -65,6 +67,8 @@ class NearCache:
         "ready",
         "confirmed_at",
         "trusted_until",
+        "token",
+        "changed",
     )
 
     def __init__(
@@ -83,12 +87,17 @@ class NearCache:
         self.balances: dict[str, Balance] = {}
         """userId -> (available, version, epoch): current only while ``version`` is"""
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        """Notified on every change notification (what an at_least_as_fresh read waits on)."""
         self.gen = 0
         self.version: int | None = None
         self.epoch: bytes | None = None
         self.ready = False
         self.confirmed_at = 0.0
         self.trusted_until = 0.0
+        self.token = ""
+        """The token of (epoch, version): what an entry of the current generation is at.
+        Read it before ``gen``: a change between the two reads fails the generation check."""
         self.budget.register(self)
 
     # --- coherence ---------------------------------------------------------------------------
@@ -109,6 +118,7 @@ class NearCache:
             if epoch != self.epoch or self.version is None or version > self.version:
                 self.epoch = epoch
                 self.version = version
+                self.token = version_token(epoch, version)
                 self.gen += 1
             elif version < self.version:
                 return None
@@ -125,11 +135,21 @@ class NearCache:
         reference entries or balances changed), which keeps the near-cache warm. It never
         confirms (a notification does not name the epoch; only reads and checks confirm)."""
         with self.lock:
-            if self.version is None or version <= self.version:
+            if self.version is None:
+                self.changed.notify_all()
+                return
+            if version <= self.version:
                 return
             if not (written == 0 and version == self.version + 1):
                 self.gen += 1
             self.version = version
+            self.token = version_token(self.epoch, version)
+            self.changed.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep until the next change notification, at most ``timeout`` seconds."""
+        with self.lock:
+            self.changed.wait(timeout)
 
     def distrust(self) -> None:
         """Notifications may have been missed: confirm the version before the next cached answer."""
@@ -141,6 +161,7 @@ class NearCache:
         with self.lock:
             self.version = None
             self.epoch = None
+            self.token = ""
             self.trusted_until = 0.0
 
     def needs_check(self, now: float) -> bool:
@@ -149,10 +170,12 @@ class NearCache:
 
     # --- entries -----------------------------------------------------------------------------
 
-    def put(self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float) -> None:
+    def put(
+        self, table: dict[str, Entry], key: str, value: Any, gen: int, read_at: float, token: str
+    ) -> None:
         if key not in table:
             self.budget.admit(self)
-        table[key] = (value, gen, read_at)
+        table[key] = (value, gen, read_at, token)
 
     def evict_oldest(self) -> int:
         """Drop the oldest tenth (at least one) of the largest table; returns how many. Called
@@ -199,4 +222,5 @@ class NearCache:
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (the parent's may have been held) and no trust."""
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         self.trusted_until = 0.0

@@ -5,7 +5,10 @@ value out of these.
 ``source`` says where an answer came from: ``near-cache`` (this process's copy, confirmed
 against Redis at most CRM_NEAR_CACHE_STALENESS_MS ago), ``redis``, ``wrapper`` (just fetched),
 or ``last-known-good`` (Redis or the Wrapper failed; ``stale`` is then True). ``age_ms`` is how
-long ago the answer was last known to be current.
+long ago the answer was last known to be current. ``token`` is the consistency token
+(crmcache/tokens.py) of the data the answer was computed from ("" when none is known: reference
+data, or a tenant Redis never gave an epoch); pass it to a later read as
+``consistency=AtLeastAsFresh(token)`` (consumer/read/consistency.py).
 
 A detail is never a boolean: ``if crm.check_permission_detail(...)`` would be true for a denied
 user, so truth-testing one raises ``TypeError`` naming the field to read.
@@ -42,6 +45,7 @@ class CreditCost(NotABoolean):
     stale: bool
     age_ms: float
     source: Source
+    token: str = ""
 
     @property
     def configured(self) -> bool:
@@ -62,6 +66,7 @@ class PermissionCheck(NotABoolean):
     stale: bool
     age_ms: float
     source: Source
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +84,4 @@ class ReferenceResult(NotABoolean):
     expires_at: float | None
     age_ms: float
     source: Source
+    token: str = ""

@@ -23,6 +23,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
+from consumer.read.consistency import ConsistencyArg, consistency_of
 from consumer.read.reservations import CreditHold, Reservations
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
 from consumer.read.tenant import TenantState
@@ -127,29 +128,44 @@ class TenantView:
 
     # --- critical reads: the seed's values, and the details beside them --------------------------
 
-    def get_credit_cost(self, operation: str) -> Number | None:
+    def get_credit_cost(self, operation: str, consistency: ConsistencyArg = None) -> Number | None:
         """The cost of ``operation`` (0 is a cost), None when it is not configured: test
         ``cost is None``, never ``not cost``. Raises as ``get_credit_cost_detail``."""
-        return self.get_credit_cost_detail(operation).cost
+        return self.get_credit_cost_detail(operation, consistency).cost
 
-    def check_permission(self, user_id: str, permission: str) -> bool:
+    def check_permission(
+        self, user_id: str, permission: str, consistency: ConsistencyArg = None
+    ) -> bool:
         """Whether ``user_id`` may do ``permission``: False for an unknown, deleted or inactive
         user and for a grant its roles lack. Raises as ``check_permission_detail``."""
-        return self.check_permission_detail(user_id, permission).authorized
+        return self.check_permission_detail(user_id, permission, consistency).authorized
 
-    def get_credit_cost_detail(self, operation: str) -> CreditCost:
+    def get_credit_cost_detail(
+        self, operation: str, consistency: ConsistencyArg = None
+    ) -> CreditCost:
         """The cost of ``operation`` with its freshness. ``cost`` None: not configured (said
         only of a ready tenant). Never loaded: a preload is requested and ``TenantNotReady``
         raised, unless a last-known-good copy can answer (``stale``). Redis down: the
         last-known-good copy (``stale``, ``age_ms``), ``StaleDataTooOld`` past
-        CRM_DEGRADED_MAX_AGE, ``StoreUnavailable`` with no copy."""
-        return self._running().critical.credit_cost(operation)
+        CRM_DEGRADED_MAX_AGE, ``StoreUnavailable`` with no copy.
 
-    def check_permission_detail(self, user_id: str, permission: str) -> PermissionCheck:
+        ``consistency`` (consumer/read/consistency.py): ``minimize_latency`` (None, the
+        default) as above; ``AtLeastAsFresh(token)`` or ``"at_least_as_fresh:<token>"``: only
+        data at or past ``token``, waiting up to CRM_CONSISTENCY_WAIT_MS, then
+        ``TokenNotReached``; ``"fully_consistent"``: from Redis. Both strong levels raise
+        ``StoreUnavailable`` / ``TenantNotReady`` rather than answer from last-known-good;
+        a malformed token raises ``InvalidToken``. ``.token`` is the answer's own token."""
+        level = consistency_of(consistency)
+        return self._running().critical.credit_cost(operation, level)
+
+    def check_permission_detail(
+        self, user_id: str, permission: str, consistency: ConsistencyArg = None
+    ) -> PermissionCheck:
         """Whether ``user_id`` may do ``permission``: the user must exist and be active and one
         of its roles grant it (trailing wildcards match). ``reason`` says why. Not loaded and
-        Redis down: as ``get_credit_cost_detail``."""
-        return self._running().critical.check_permission(user_id, permission)
+        Redis down and ``consistency``: as ``get_credit_cost_detail``."""
+        level = consistency_of(consistency)
+        return self._running().critical.check_permission(user_id, permission, level)
 
     # --- answers without I/O (for an event loop) --------------------------------------------------
 

@@ -6,11 +6,13 @@
 -- KEYS[4]  crm:{t}:roles        hash: roleId -> JSON list of permissions
 -- ARGV[1]  userId
 -- ARGV[2]  a random epoch, stored if meta has none yet (see read_cost.lua)
+-- ARGV[3]  a meta field upstream-seq:<stream> to return with the data, or ''
 --
 -- Guarantees: status, roles and permissions are read at one instant together with the
 -- (epoch, version) they belong to (see read_cost.lua). A role list that is not valid JSON
 -- yields no roles (the caller denies).
--- Returns {version, ready, epoch, status or nil, roles JSON or nil, roleId1, perms1, ...};
+-- Returns {version, ready, epoch, status or nil, roles JSON or nil, upstream seq or nil,
+-- roleId1, perms1, ...};
 -- the role pairs are present only for an active user.
 
 local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
@@ -21,7 +23,11 @@ if not epoch then
 end
 local status = redis.call('HGET', KEYS[2], ARGV[1])
 local roles_json = redis.call('HGET', KEYS[3], ARGV[1])
-local out = {meta[1] or '0', meta[2], epoch, status, roles_json}
+local upstream = false
+if ARGV[3] ~= '' then
+    upstream = redis.call('HGET', KEYS[1], ARGV[3])
+end
+local out = {meta[1] or '0', meta[2], epoch, status, roles_json, upstream}
 if status ~= 'active' or not roles_json then
     return out
 end

@@ -4,12 +4,13 @@
 -- KEYS[2]  crm:{t}:credit-costs  hash: operationCode -> cost (JSON number text)
 -- ARGV[1]  operationCode
 -- ARGV[2]  a random epoch, stored if meta has none yet
+-- ARGV[3]  a meta field upstream-seq:<stream> to return with the data, or ''
 --
 -- Guarantees: the cost and the (epoch, version) are read at the same instant, so a reader
 -- that caches the cost under them drops it on any later change (every applied change bumps
 -- meta.version; data lost by Redis takes the epoch with it). A missing cost means "not
 -- configured" only when ready is "1".
--- Returns {version, ready ("1" or nil), epoch, cost or nil}.
+-- Returns {version, ready ("1" or nil), epoch, cost or nil, upstream seq or nil}.
 
 local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
 local epoch = meta[3]
@@ -17,4 +18,8 @@ if not epoch then
     epoch = ARGV[2]
     redis.call('HSETNX', KEYS[1], 'epoch', epoch)
 end
-return {meta[1] or '0', meta[2], epoch, redis.call('HGET', KEYS[2], ARGV[1])}
+local upstream = false
+if ARGV[3] ~= '' then
+    upstream = redis.call('HGET', KEYS[1], ARGV[3])
+end
+return {meta[1] or '0', meta[2], epoch, redis.call('HGET', KEYS[2], ARGV[1]), upstream}
