@@ -1,4 +1,5 @@
-"""Credits: read-through balances and deductions charged exactly once (design §3, credits).
+"""Credits: read-through balances and deductions charged exactly once (README.md, "Credits:
+reservations and leads").
 
 A deduction is one Lua script (``lua/deduct_credits.lua``): idempotency check, balance check,
 decrement, the outbox entry and the idempotency record, all or nothing. Work that may fail

@@ -1,6 +1,6 @@
 """The publish_metrics step for one tenant: aggregate every reader's flushed counters, store a
 snapshot, publish it on ``crm:<t>:metrics``, and publish an alert when the critical hit rate
-of the window since the previous snapshot is below the threshold (design §6, issue 3).
+of the window since the previous snapshot is below the threshold (README.md, "Operating it").
 
 The arithmetic is ``read_metrics.build_snapshot`` (pure); this module only does the Redis I/O.
 """

@@ -1,4 +1,4 @@
-"""Building Redis clients: one per process and URL, never one per call (design §9).
+"""Building Redis clients: one per process and URL, never one per call (README.md, "Scaling out").
 
 The URL says which Redis (config/redis_urls.py): one server, a Redis Cluster
 (``redis+cluster://``: a ``redis.cluster.RedisCluster``, every tenant's keys in one slot thanks

@@ -1,5 +1,5 @@
 """Settlement: report every deduction in a tenant's credit outbox to the Wrapper, exactly once
-in effect (design §3, credits).
+in effect (README.md, "Credits: reservations and leads").
 
 The outbox is a Redis stream (``crm:{t}:credit-outbox``) with one consumer group,
 ``settlers``. Why a consumer group rather than a hand-made pending set: the deduct script
@@ -49,7 +49,7 @@ class OutboxEntry:
     fields: dict[str, str]
 
     def consume_body(self) -> dict[str, Any]:
-        """The Wrapper's ``POST /api/credits/consume`` body (design §5)."""
+        """The Wrapper's ``POST /api/credits/consume`` body (docs/wrapper-api.md)."""
         return {
             "idempotencyKey": self.fields["deductionId"],
             "userId": self.fields["userId"],

@@ -1,4 +1,5 @@
-"""The Wrapper API client (design §5): the one place that speaks HTTP to the source of truth.
+"""The Wrapper API client (docs/wrapper-api.md): the one place that speaks HTTP to the source
+of truth.
 
 One ``requests.Session`` per client, connect and read timeouts on every call, bounded retries
 with backoff on connection errors and 5xx (urllib3's ``Retry``), a circuit breaker per tenant
@@ -63,7 +64,7 @@ class WrapperClient:
     def close(self) -> None:
         self.session.close()
 
-    # --- the calls of design §5 ------------------------------------------------------------
+    # --- the calls of docs/wrapper-api.md --------------------------------------------------
 
     def credit_configs(self, tenant: str) -> list[dict[str, Any]]:
         return _list(self.get_json(tenant, "/api/credits/configs"), "credit configs")

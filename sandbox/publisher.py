@@ -1,4 +1,5 @@
-"""Stamp changes with design §2's full envelope and PUBLISH them on ``crm:{tenant}:{stream}``."""
+"""Stamp changes with the full event envelope (README.md, "The event contract") and PUBLISH them
+on ``crm:{tenant}:{stream}``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Routing: design §5's Wrapper API under ``/api`` and the sandbox's control API under ``/_admin``.
+"""Routing: the Wrapper API (docs/wrapper-api.md) under ``/api`` and the sandbox's control API
+under ``/_admin``.
 
 Pure request -> (status, JSON) functions; the HTTP plumbing lives in ``handler``.
 """

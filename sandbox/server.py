@@ -1,8 +1,9 @@
 """``SandboxWrapper``: a development stand-in for the Wrapper, a real HTTP server on loopback.
 
-It serves design §5's API from in-memory data, publishes design §2's events on Redis when its
-Python mutators (or ``/_admin`` endpoints) change that data, records what it was asked, and can
-be told to fail. For local runs, demos and tests; never for production.
+It serves the Wrapper API (docs/wrapper-api.md) from in-memory data, publishes the events of
+README.md's "The event contract" on Redis when its Python mutators (or ``/_admin`` endpoints)
+change that data, records what it was asked, and can be told to fail. For local runs, demos
+and tests; never for production.
 """
 
 from __future__ import annotations

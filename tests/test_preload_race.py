@@ -1,4 +1,4 @@
-"""A preload (resync) racing with events never loses the newer value (design §3).
+"""A preload (resync) racing with events never loses the newer value (README.md, "What we promise").
 
 Model: the Wrapper starts from `truth`; events 1..n change it in order. The preload takes its
 start stamp S0 after event k was received, so its snapshot is `truth` + events 1..k. Events,

@@ -1,4 +1,4 @@
-"""The store's ordering guarantees (design §3), checked against a real Redis.
+"""The store's ordering guarantees (README.md, "What we promise"), checked against a real Redis.
 
 The reference model is "apply each event once, in publish order"; hypothesis generates event
 sequences, duplicates and reorders them, applies them from concurrent threads (the same code

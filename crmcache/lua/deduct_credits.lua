@@ -17,7 +17,7 @@
 -- ARGV[10] outbox consumer group name
 -- ARGV[11] change-notification channel (crm:<t>:changes)
 --
--- Guarantees (design §3, credits): all or nothing, in one step:
+-- Guarantees (README.md, "Credits: reservations and leads"): all or nothing, in one step:
 -- * a key already recorded with the same fingerprint returns {'replay', <record>} and changes
 --   nothing; with another fingerprint {'conflict'} and changes nothing;
 -- * a balance not cached returns {'no-balance'}: the caller reads it through and retries;
