@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.ingest.batcher import Batcher
-from consumer.ingest.lanes import LaneRouter
+from consumer.ingest.lanes import LaneRouter, lane_batches
 from crmcache.events import Event
 
 
@@ -108,3 +108,18 @@ def test_draining_everything_includes_young_bulk_batches() -> None:
     batcher.add(event("flood"), now=10.0)
     assert list(batcher.drain(now=10.0)) == ["flood"]
     assert len(batcher) == 0
+
+
+def test_a_bulk_tenant_s_revocations_take_the_interactive_lane_in_a_batch_of_their_own() -> None:
+    suspend = Event("acme", "users", "user-changed", {"userId": "u", "status": "suspended"})
+    events = [event("acme"), suspend, event("acme"), event("acme")]
+    bodies = ["cost1", "suspend", "cost2", "cost3"]
+    assert list(lane_batches(events, bodies, True, 100, 2)) == [
+        (False, ["suspend"]),
+        (True, ["cost1", "cost2"]),
+        (True, ["cost3"]),
+    ]
+    assert list(lane_batches(events, bodies, False, 3, 2)) == [
+        (False, ["cost1", "suspend", "cost2"]),
+        (False, ["cost3"]),
+    ]

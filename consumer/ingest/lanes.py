@@ -10,13 +10,17 @@ waits for at most the bulk batches already running, never for the whole import.
 
 Pure logic, no I/O: the rate is an exponentially decaying count with a one-second time
 constant; a tenant leaves the bulk lane when its rate falls under half the threshold, so that a
-steady flood does not flap between lanes.
+steady flood does not flap between lanes. ``lane_batches`` splits a tenant's batch by lane: a
+flooding tenant's revocations go first, on the interactive lane.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from crmcache.events import Event, may_revoke
 
 TIME_CONSTANT = 1.0
 """Seconds: a burst of N events counts about N/e after this long."""
@@ -60,3 +64,21 @@ class LaneRouter:
         if self._observed % 1000 == 0:  # forget quiet tenants: memory stays bounded
             for tenant in [t for t in self._rates if self.rate(t, now) < 1.0]:
                 del self._rates[tenant]
+
+
+def lane_batches(
+    events: list[Event], bodies: list[Any], bulk: bool, size: int, bulk_size: int
+) -> Iterator[tuple[bool, list[Any]]]:
+    """A tenant's task bodies (one per event) as (bulk lane?, batch). A bulk tenant's events
+    that may revoke access leave first, in a batch of their own on the interactive lane: order
+    does not matter to the store (stamps), and a suspension must not queue behind a flood."""
+    if not bulk:
+        for start in range(0, len(bodies), size):
+            yield False, bodies[start : start + size]
+        return
+    urgent = [b for e, b in zip(events, bodies, strict=True) if may_revoke(e)]
+    if urgent:
+        yield False, urgent
+    rest = [b for e, b in zip(events, bodies, strict=True) if not may_revoke(e)]
+    for start in range(0, len(rest), bulk_size):
+        yield True, rest[start : start + bulk_size]

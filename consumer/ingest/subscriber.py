@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 from types import FrameType
@@ -33,12 +33,12 @@ from redis.retry import Retry
 from config.settings import Settings
 from consumer.ingest.batcher import Batcher
 from consumer.ingest.inflight import InFlight
-from consumer.ingest.lanes import LaneRouter
+from consumer.ingest.lanes import LaneRouter, lane_batches
 from consumer.ingest.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
 from crmcache.event_validation import EventLimits
-from crmcache.events import Event, may_revoke, parse_message, unexpected
+from crmcache.events import Event, parse_message, unexpected
 from crmcache.log_once import ReasonLog
 from crmcache.redis_client import make_redis, pubsub_client
 from crmcache.store import Store
@@ -354,23 +354,6 @@ class Subscriber:
             logger.info("pacing %d pub/sub connection(s) of bulk tenants", len(paced))
             shards.pace(paced, self.settings.bulk_max_rate, self.settings.batch_size)
 
-    def _chunks(
-        self, tenant: str, events: list[Event], bodies: list[dict[str, Any]]
-    ) -> Iterator[tuple[bool, list[dict[str, Any]]]]:
-        """A tenant's task bodies as (bulk lane?, batch). A bulk tenant's events that may revoke
-        access leave first, in a batch of their own on the interactive lane: order does not
-        matter to the store (stamps), and a suspension must not queue behind a flood."""
-        bulk = self.lanes is not None and self.lanes.is_bulk(tenant)
-        size, rest = self.settings.batch_size, bodies
-        if bulk:
-            urgent = [b for e, b in zip(events, bodies, strict=True) if may_revoke(e)]
-            if urgent:
-                yield False, urgent
-            size = self.settings.bulk_batch_size
-            rest = [b for e, b in zip(events, bodies, strict=True) if not may_revoke(e)]
-        for start in range(0, len(rest), size):
-            yield bulk, rest[start : start + size]
-
     def _flush(self, raise_errors: bool = True, everything: bool = True) -> None:
         """Stamp pending events (one INCRBY per tenant, pipelined) and enqueue batches; unless
         `everything`, a bulk tenant's young partial batch waits to grow
@@ -395,7 +378,9 @@ class Subscriber:
                 bodies = [
                     self._stamp(e, firsts[tenant] + i).to_task() for i, e in enumerate(events)
                 ]
-                for bulk, chunk in self._chunks(tenant, events, bodies):
+                flooding = self.lanes is not None and self.lanes.is_bulk(tenant)
+                sizes = (self.settings.batch_size, self.settings.bulk_batch_size)
+                for bulk, chunk in lane_batches(events, bodies, flooding, *sizes):
                     self.enqueuer.apply_events(tenant, chunk, bulk=bulk)
                     self.inflight.sent(tenant, chunk, bulk, now)
                     self.stats["bulk_batches" if bulk else "batches"] += 1
