@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from crmcache import keyspace
 from crmcache.errors import StoreUnavailable
-from crmcache.events import Event, plan_writes
+from crmcache.events import Event, WritePlan, plan_writes
 from crmcache.keyspace import DATA_CLASSES, META_EPOCH, META_READY, DataClass, TenantKeys
 from crmcache.store_base import (
     async_lua_script,
@@ -181,29 +181,7 @@ class Store(OutboxCommands, OpsCommands):
             except Exception as exc:
                 rejected.append((event, exc))
                 continue
-            writes = [
-                [_CLASS_INDEX[w.data_class], w.field, False if w.value is None else w.value]
-                for w in plan.writes
-            ]
-            invalidations = []
-            for kind, entity in plan.invalidate:
-                for key in (keys.ref(kind, entity), keys.lease(kind, entity)):
-                    key_list.append(key)
-                    invalidations.append(len(key_list))
-            deltas = []
-            for user, delta in plan.credit_deltas:
-                key_list.append(keys.balance(user))
-                deltas.append([len(key_list), delta])
-            event_id = event.event_id or ""
-            if deltas and not event_id:
-                event_id = f"#{event.seq}"  # a delta must not be added twice on redelivery
-            version = event.version if event.version is not None else -1
-            stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
-            upstream = [event.stream, event.upstream_seq, event.upstream_prev or -1]
-            batch.append(
-                [stamp, event.seq, version, event_id, writes, invalidations, deltas]
-                + (upstream if event.upstream_seq is not None else [])
-            )
+            batch.append(_batch_entry(keys, key_list, event, plan))
         key_list.append(keys.upstream_pending)  # the last two keys (apply_events.lua)
         key_list.append(keys.applied_batches)
         args: list[str | int] = [
@@ -364,3 +342,30 @@ class Store(OutboxCommands, OpsCommands):
         with translate_errors():
             holder = self.redis.get(key)
         return text(holder) if holder else None
+
+
+def _batch_entry(keys: TenantKeys, key_list: list[str], event: Event, plan: WritePlan) -> list[Any]:
+    """One event's entry of apply_events.lua's batch; the keys it touches go onto ``key_list``
+    (the script refers to them by index)."""
+    writes = [
+        [_CLASS_INDEX[w.data_class], w.field, False if w.value is None else w.value]
+        for w in plan.writes
+    ]
+    invalidations = []
+    for kind, entity in plan.invalidate:
+        for key in (keys.ref(kind, entity), keys.lease(kind, entity)):
+            key_list.append(key)
+            invalidations.append(len(key_list))
+    deltas = []
+    for user, delta in plan.credit_deltas:
+        key_list.append(keys.balance(user))
+        deltas.append([len(key_list), delta])
+    event_id = event.event_id or ""
+    if deltas and not event_id:
+        event_id = f"#{event.seq}"  # a delta must not be added twice on redelivery
+    version = event.version if event.version is not None else -1
+    stamp = f"{event.seq}:{event.version}" if event.version is not None else str(event.seq)
+    entry = [stamp, event.seq, version, event_id, writes, invalidations, deltas]
+    if event.upstream_seq is not None:
+        entry += [event.stream, event.upstream_seq, event.upstream_prev or -1]
+    return entry
