@@ -135,6 +135,70 @@ def load_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str
 _CONFLICT = "this Idempotency-Key was already used with a different request"
 
 
+class _Charge:
+    """One deduction's deduct_credits.lua call, and what its reply means."""
+
+    def __init__(
+        self,
+        tenant: str,
+        user_id: str,
+        operation: str,
+        amount_text: str,
+        key: str,
+        request_fingerprint: str,
+        ttl_s: int,
+    ) -> None:
+        tk = TenantKeys.of(tenant)
+        self.user_id, self.operation, self.amount_text = user_id, operation, amount_text
+        self.deduction_id, self.occurred_at = f"ded_{uuid.uuid4().hex}", utc_now_iso()
+        self.keys = [
+            tk.balance(user_id),
+            tk.idempotency(key),
+            tk.credit_outbox,
+            tk.settle_scheduled,
+            tk.meta,
+        ]
+        self.args: list[Any] = [
+            request_fingerprint,
+            amount_text,
+            self.deduction_id,
+            ttl_s * 1000,
+            user_id,
+            operation,
+            self.occurred_at,
+            key,
+            SETTLE_SCHEDULED_TTL_MS,
+            OUTBOX_GROUP,
+            tk.changes_channel,
+        ]
+
+    def answer(self, reply: list[Any]) -> Deduction | None:
+        """The deduction the script made or replayed; None when the balance is not cached."""
+        outcome = reply[0].decode()
+        if outcome == "charged":
+            remaining, _entry, enqueue, version, epoch = reply[1:6]
+            return Deduction(
+                deduction_id=self.deduction_id,
+                user_id=self.user_id,
+                operation=self.operation,
+                amount=as_number(self.amount_text),
+                remaining=as_number(remaining),
+                occurred_at=self.occurred_at,
+                replayed=False,
+                settle_now=bool(enqueue),
+                token=version_token(epoch, int(version)),
+            )
+        if outcome == "replay":
+            flat = [part.decode() for part in reply[1]]
+            record = dict(zip(flat[::2], flat[1::2], strict=True))
+            return Deduction.from_record(record, replayed=True)
+        if outcome == "conflict":
+            raise IdempotencyConflict(_CONFLICT)
+        if outcome == "insufficient":
+            raise InsufficientCredits(reply[1].decode(), self.amount_text)
+        return None
+
+
 def deduct(
     store: Store,
     wrapper: WrapperClient,
@@ -158,56 +222,16 @@ def deduct(
     down, or a balance read through that the cache did not keep) or WrapperUnavailable (balance
     not cached and the Wrapper down: fail closed too).
     """
-    keys = TenantKeys.of(tenant)
     amount_text = format_amount(amount)
     key = validate_key(idempotency_key)
     if request_fingerprint is None:
         request_fingerprint = fingerprint([user_id, operation, amount_text])
-    occurred_at = utc_now_iso()
-    args = [
-        request_fingerprint,
-        amount_text,
-        f"ded_{uuid.uuid4().hex}",
-        ttl_s * 1000,
-        user_id,
-        operation,
-        occurred_at,
-        key,
-        SETTLE_SCHEDULED_TTL_MS,
-        OUTBOX_GROUP,
-        keys.changes_channel,
-    ]
-    key_list = [
-        keys.balance(user_id),
-        keys.idempotency(key),
-        keys.credit_outbox,
-        keys.settle_scheduled,
-        keys.meta,
-    ]
+    charge = _Charge(tenant, user_id, operation, amount_text, key, request_fingerprint, ttl_s)
     for _attempt in range(3):
-        reply = store.run_credit_script("deduct_credits", tenant, key_list, args)
-        outcome = reply[0].decode()
-        if outcome == "charged":
-            remaining, _entry, enqueue, version, epoch = reply[1:6]
-            return Deduction(
-                deduction_id=args[2],  # type: ignore[arg-type]
-                user_id=user_id,
-                operation=operation,
-                amount=as_number(amount_text),
-                remaining=as_number(remaining),
-                occurred_at=occurred_at,
-                replayed=False,
-                settle_now=bool(enqueue),
-                token=version_token(epoch, int(version)),
-            )
-        if outcome == "replay":
-            flat = [part.decode() for part in reply[1]]
-            record = dict(zip(flat[::2], flat[1::2], strict=True))
-            return Deduction.from_record(record, replayed=True)
-        if outcome == "conflict":
-            raise IdempotencyConflict(_CONFLICT)
-        if outcome == "insufficient":
-            raise InsufficientCredits(reply[1].decode(), amount_text)
+        reply = store.run_credit_script("deduct_credits", tenant, charge.keys, charge.args)
+        answer = charge.answer(reply)
+        if answer is not None:
+            return answer
         # no-balance: read it through, then try again.
         if read_through is None:
             load_balance(store, wrapper, tenant, user_id)
