@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from crmcache.errors import (
     BalanceUnknown,
@@ -39,6 +39,7 @@ from crmcache.store import Store
 from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
+T = TypeVar("T")
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 """Printable ASCII without spaces, at most 255 characters (a UUID fits)."""
 
@@ -227,12 +228,30 @@ def deduct(
     if request_fingerprint is None:
         request_fingerprint = fingerprint([user_id, operation, amount_text])
     charge = _Charge(tenant, user_id, operation, amount_text, key, request_fingerprint, ttl_s)
+
+    def attempt() -> Deduction | None:
+        return charge.answer(
+            store.run_credit_script("deduct_credits", tenant, charge.keys, charge.args)
+        )
+
+    return with_balance(store, wrapper, tenant, user_id, read_through, attempt)
+
+
+def with_balance(
+    store: Store,
+    wrapper: WrapperClient,
+    tenant: str,
+    user_id: str,
+    read_through: Callable[[], Any] | None,
+    attempt: Callable[[], T | None],
+) -> T:
+    """Run a charge's script (``attempt``: None when the user's balance is not cached), reading
+    the balance through and trying again, up to 3 times. ``read_through`` (the read side's
+    shared fetch; ``found`` False: the Wrapper knows no such user) or ``load_balance``."""
     for _attempt in range(3):
-        reply = store.run_credit_script("deduct_credits", tenant, charge.keys, charge.args)
-        answer = charge.answer(reply)
+        answer = attempt()
         if answer is not None:
             return answer
-        # no-balance: read it through, then try again.
         if read_through is None:
             load_balance(store, wrapper, tenant, user_id)
         elif getattr(read_through(), "found", True) is False:

@@ -29,17 +29,15 @@ from crmcache.credits import (
     as_number,
     fingerprint,
     format_amount,
-    load_balance,
     utc_now_iso,
     validate_key,
+    with_balance,
 )
 from crmcache.errors import (
-    BalanceUnknown,
     HoldClosed,
     HoldNotFound,
     IdempotencyConflict,
     InsufficientCredits,
-    StoreUnavailable,
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store
@@ -165,36 +163,39 @@ def reserve(
         key,
         utc_now_iso(),
     ]
-    for _attempt in range(3):
-        reply = _run(store, tenant, keys, args)
-        outcome = reply[0]
-        if outcome == "held":
-            available, deadline, before = reply[1], reply[2], reply[3]
-            return Hold(
-                hold_id=hold_id,
-                user_id=user_id,
-                operation=operation,
-                amount=as_number(amount_text),
-                available=as_number(available),
-                deadline_ms=int(deadline),
-                idempotency_key=key,
-                result_ref=result_ref,
-                replayed=False,
-                available_before=as_number(before),
-            )
-        if outcome == "replay":
-            return Hold.from_record(_pairs(reply[1]), replayed=True, open=reply[2] == 1)
-        if outcome == "conflict":
-            raise IdempotencyConflict(_CONFLICT)
-        if outcome == "insufficient":
-            raise InsufficientCredits(reply[1], amount_text)
-        if read_through is None:  # no-balance: read it through, then try again
-            load_balance(store, wrapper, tenant, user_id)
-        elif getattr(read_through(), "found", True) is False:
-            raise BalanceUnknown(f"the Wrapper knows no user {user_id!r}")
-    # The Wrapper knows the user, yet the cache keeps no balance: Redis lost its data or
-    # refuses writes. Fail closed as for any other cache outage (never "no such user").
-    raise StoreUnavailable(f"the balance of {user_id!r} could not be kept in the cache")
+
+    def attempt() -> Hold | None:
+        return _held(_run(store, tenant, keys, args), args)
+
+    return with_balance(store, wrapper, tenant, user_id, read_through, attempt)
+
+
+def _held(reply: list[Any], args: list[Any]) -> Hold | None:
+    """What reserve's script answered (``args`` as ``reserve`` sent them); None when the
+    balance is not cached (the caller reads it through and tries again)."""
+    _, hold_id, user_id, _, _, _, amount_text, _, result_ref, operation, key, _ = args
+    outcome = reply[0]
+    if outcome == "held":
+        available, deadline, before = reply[1], reply[2], reply[3]
+        return Hold(
+            hold_id=hold_id,
+            user_id=user_id,
+            operation=operation,
+            amount=as_number(amount_text),
+            available=as_number(available),
+            deadline_ms=int(deadline),
+            idempotency_key=key,
+            result_ref=result_ref,
+            replayed=False,
+            available_before=as_number(before),
+        )
+    if outcome == "replay":
+        return Hold.from_record(_pairs(reply[1]), replayed=True, open=reply[2] == 1)
+    if outcome == "conflict":
+        raise IdempotencyConflict(_CONFLICT)
+    if outcome == "insufficient":
+        raise InsufficientCredits(reply[1], amount_text)
+    return None
 
 
 def request_record(store: Store, tenant: str, idempotency_key: str) -> dict[str, str] | None:
