@@ -118,6 +118,13 @@ def create_lead(
     )
     if hold.replayed and not hold.open:  # committed by the first attempt
         return LeadCharged(hold.result_ref, hold.amount, hold.available, True, hold=hold)
+    return _write_and_commit(store, lead_store, request, hold, ttl_s)
+
+
+def _write_and_commit(
+    store: Store, lead_store: LeadStore, request: LeadRequest, hold: holds.Hold, ttl_s: int
+) -> LeadCharged:
+    """Write the lead of an open hold, then commit the hold (the charge)."""
     lead = Lead(
         tenant=request.tenant,
         lead_id=hold.result_ref,
