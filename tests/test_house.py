@@ -93,3 +93,23 @@ def test_modules_and_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_big.append(f"{name}.{node.name}: {length} lines")
     assert not too_big, too_big
+
+
+def test_the_subscriber_does_not_import_the_read_stack_or_fastapi() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import consumer.ingest.subscriber"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "consumer.ingest.subscriber" in imported
+    heavy = sorted(
+        m for m in imported if m.startswith(("consumer.read", "consumer.api", "fastapi"))
+    )
+    assert not heavy, heavy
