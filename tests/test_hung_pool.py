@@ -44,6 +44,17 @@ def tasks_in_progress(worker: Proc) -> int:
     return log.count("] received") - done
 
 
+def idle(worker: Proc, quiet_s: float = 1.5) -> bool:
+    """No task in progress, and none started for `quiet_s`: the subscriber's start-up resync
+    (preload_all, then one preload_tenant per tenant, enqueued after preload_all succeeded)
+    is over, so the next job written to a pool process is one of the burst's."""
+    before = worker.output()
+    if tasks_in_progress(worker) != 0 or "preloaded (resubscribe)" not in before:
+        return False
+    time.sleep(quiet_s)
+    return worker.output() == before
+
+
 def visible(r: redis.Redis) -> int:
     """How many of the burst's costs the cache holds."""
     values = r.hmget(BURST.values(DataClass.CREDIT_COSTS), [f"op{i}" for i in range(EVENTS)])
@@ -100,7 +111,7 @@ def test_every_event_of_a_burst_is_visible_within_15s_with_a_pool_process_hung(
             what=lambda: f"the pipeline working\n{worker.output()[-3000:]}",
         )
         # (the warm-up batch and the subscriber's first resync done: both processes idle)
-        wait_until(lambda: tasks_in_progress(worker) == 0, timeout=60, what="an idle pool")
+        wait_until(lambda: idle(worker), timeout=60, what="an idle pool")
         # Given one of the two pool processes hung (stopped): the next job written to it is
         # held, unacknowledged, and Celery never times it (it was not reported started)
         hung = wait_until(lambda: child_pids(worker.pid)[:1], what="pool processes")[0]
