@@ -27,6 +27,12 @@ VERSION_PREFIX = "v1"
 _EPOCH_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _MAX_COUNT = 2**63 - 1
 MAX_TOKEN_LENGTH = 160
+TOKEN_PATTERN = (
+    rf"(?:{VERSION_PREFIX}\.[0-9A-Za-z_-]{{1,64}}\.[0-9]{{1,18}}"
+    rf"|(?:{'|'.join(STREAMS)}):[0-9]{{1,18}})"
+)
+"""Every token a caller gets (a regex without anchors, for the HTTP API's documented schema;
+a count of 19 digits parses too, but no tenant gets there)."""
 
 
 class InvalidToken(ValueError):

@@ -24,6 +24,7 @@ from crmcache.errors import (
     LeadStoreUnavailable,
     StoreUnavailable,
     TenantNotReady,
+    TokenNotReached,
     WrapperNotFound,
     WrapperUnavailable,
 )
@@ -114,6 +115,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CrmCacheError)
     async def crmcache_error(request: Request, exc: CrmCacheError) -> JSONResponse:
+        if isinstance(exc, TokenNotReached):
+            return _json(
+                409,
+                "token_not_reached",
+                str(exc),
+                token=exc.asked,
+                current=exc.current,
+                waitedMs=round(exc.waited_ms, 1),
+            )
         for exc_type, status, code, message in _MAPPED:
             if isinstance(exc, exc_type):
                 return _json(status, code, message or str(exc))

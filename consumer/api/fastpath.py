@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 
 from consumer.api.readers import Readers, TenantReader
+from consumer.read.consistency import DEFAULT, Consistency, MinimizeLatency
 from consumer.read.results import CreditCost, Number, PermissionCheck
 from crmcache import credits
+from crmcache.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from consumer.api.service import ApiService
@@ -30,27 +32,40 @@ async def reader_for(readers: Readers, tenant: str) -> TenantReader:
     return reader
 
 
-async def credit_cost(reader: TenantReader, operation: str) -> CreditCost:
-    answer = reader.peek_credit_cost_detail(operation)
-    if answer is None:
-        answer = await run_in_threadpool(reader.get_credit_cost_detail, operation)
-    return answer
+async def credit_cost(
+    reader: TenantReader, operation: str, level: Consistency = DEFAULT
+) -> CreditCost:
+    """The near-cache's answer under ``minimize_latency``; else the reader's read at
+    ``level`` (which may wait, for ``at_least_as_fresh``) in the thread pool."""
+    if isinstance(level, MinimizeLatency):
+        answer = reader.peek_credit_cost_detail(operation)
+        if answer is not None:
+            return answer
+    return await run_in_threadpool(reader.get_credit_cost_detail, operation, level)
 
 
-async def check_permission(reader: TenantReader, user_id: str, permission: str) -> PermissionCheck:
-    answer = reader.peek_permission_detail(user_id, permission)
-    if answer is None:
-        answer = await run_in_threadpool(reader.check_permission_detail, user_id, permission)
-    return answer
+async def check_permission(
+    reader: TenantReader, user_id: str, permission: str, level: Consistency = DEFAULT
+) -> PermissionCheck:
+    """As ``credit_cost``."""
+    if isinstance(level, MinimizeLatency):
+        answer = reader.peek_permission_detail(user_id, permission)
+        if answer is not None:
+            return answer
+    return await run_in_threadpool(reader.check_permission_detail, user_id, permission, level)
 
 
 async def balance(
-    service: ApiService, reader: TenantReader, tenant: str, user_id: str
+    service: ApiService, reader: TenantReader, tenant: str, user_id: str, strong: bool = False
 ) -> tuple[Number | None, bool, bool, bool]:
     """(available, found, cached, stale): the near-cache's balance; else one async Redis call
     (whose answer the near-cache keeps when it was read at the version it knows); a balance
-    not cached, or Redis failing, goes through the reader's read-through in the thread pool."""
-    held = reader.peek_user_credits(user_id)
+    not cached, or Redis failing, goes through the reader's read-through in the thread pool.
+
+    ``strong`` (the request asked for a strong level, and its cost read already got Redis to
+    the token: every Redis read after it is at least as fresh): never the near-cache, and
+    never a stale answer (``StoreUnavailable`` instead)."""
+    held = None if strong else reader.peek_user_credits(user_id)
     if held is not None:
         return held, True, True, False
     read = await service.cached_balance(tenant, user_id)
@@ -61,5 +76,7 @@ async def balance(
             reader.keep_user_credits(user_id, value, version, epoch)
         return value, True, True, False
     answer = await run_in_threadpool(reader.get_user_credits_detail, user_id)
+    if strong and answer.stale:
+        raise StoreUnavailable("a strong consistency level is never answered from a stale balance")
     found = answer.found and answer.value is not None
     return answer.value, found, answer.cached, answer.stale

@@ -2,7 +2,8 @@
 ``GET /api/credits/validate``, when the caller's key is valid, the parameters are valid and the
 tenant's reader holds everything the answer needs in its near-cache (pure memory, no I/O).
 
-Everything else — no or an unknown key, a missing or invalid parameter, anything the near-cache
+Everything else — no or an unknown key, a missing or invalid parameter, a consistency level
+asked for (query parameter or header, consumer/api/consistency.py), anything the near-cache
 lacks, an operation not configured — goes on to the FastAPI routes unchanged, which answer as
 documented (errors, the thread-pool and Redis fallbacks, the OpenAPI document all stay there).
 So this layer can only answer what the route would answer, the same JSON; the tests compare
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumer.api.auth import presented_key
+from consumer.api.consistency import CONSISTENCY_HEADER, PARAMETERS, TOKEN_HEADER
 from consumer.api.models import IDENT_PATTERN
 from consumer.api.readers import TenantReader
 from consumer.api.service import ApiService
@@ -58,6 +60,7 @@ def _permission(
         "cached": answer.cached,
         "stale": answer.stale,
         "responseTimeMs": round((time.perf_counter() - start) * 1000, 3),
+        "token": answer.token,
     }
 
 
@@ -79,8 +82,12 @@ def _validate(reader: TenantReader, params: dict[str, str], start: float) -> dic
         "cached": answer.cached,
         "stale": answer.stale,
         "responseTimeMs": round((time.perf_counter() - start) * 1000, 3),
+        "token": answer.token,
     }
 
+
+_LEVEL_HEADER = CONSISTENCY_HEADER.lower().encode()
+_TOKEN_HEADER = TOKEN_HEADER.lower().encode()
 
 _ROUTES: dict[str, Answer] = {PERMISSIONS_PATH: _permission, VALIDATE_PATH: _validate}
 
@@ -100,36 +107,38 @@ class HotReads:
             answer = _ROUTES.get(scope["path"])
             if answer is not None:
                 start = time.perf_counter()
-                body = self._answer(answer, scope, start)
-                if body is not None:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                (b"content-length", str(len(body)).encode()),
-                                (b"content-type", b"application/json"),
-                            ],
-                        }
-                    )
+                found = self._answer(answer, scope, start)
+                if found is not None:
+                    body, token = found
+                    headers = [
+                        (b"content-length", str(len(body)).encode()),
+                        (b"content-type", b"application/json"),
+                    ]
+                    if token:
+                        headers.append((_TOKEN_HEADER, token.encode()))
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
                     self.timers[scope["path"]].observe(time.perf_counter() - start)
                     return
         await self.app(scope, receive, send)
 
-    def _answer(self, answer: Answer, scope: Scope, start: float) -> bytes | None:
+    def _answer(self, answer: Answer, scope: Scope, start: float) -> tuple[bytes, str] | None:
+        """(the JSON body, its token), or None: the route answers."""
         service = self.service
-        tenant = service.keys.tenant_of(presented_key(scope["headers"]))
-        if tenant is None:
+        headers = scope["headers"]
+        tenant = service.keys.tenant_of(presented_key(headers))
+        if tenant is None or any(name == _LEVEL_HEADER for name, _ in headers):
             return None
         reader = service.readers.peek(tenant)
         if reader is None:
             return None
         params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        if any(name in params for name in PARAMETERS):
+            return None
         result = answer(reader, params, start)
         if result is None:
             return None
         try:
-            return _dumps(result).encode()
+            return _dumps(result).encode(), result["token"]
         except ValueError:  # a non-finite number: the route answers (and says what is wrong)
             return None

@@ -111,6 +111,10 @@ class CreditValidation(BaseModel):
     cached: bool
     stale: bool
     responseTimeMs: float
+    token: str = Field(
+        description="the version of the tenant's data the answer was computed from (also in "
+        "the X-CRM-Token header): pass it back as consistency=at_least_as_fresh:<token>"
+    )
 
 
 class PermissionCheck(BaseModel):
@@ -120,6 +124,10 @@ class PermissionCheck(BaseModel):
     cached: bool
     stale: bool
     responseTimeMs: float
+    token: str = Field(
+        description="the version of the tenant's data the answer was computed from (also in "
+        "the X-CRM-Token header): pass it back as consistency=at_least_as_fresh:<token>"
+    )
 
 
 class UserProfile(BaseModel):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from config.settings import Settings
+from consumer.read.consistency import Consistency
 from consumer.read.results import CreditCost, Number, PermissionCheck, ReferenceResult
 
 logger = logging.getLogger(__name__)
@@ -28,11 +29,15 @@ class TenantReader(Protocol):
 
     def get_credit_cost(self, operation_code: str) -> Number | None: ...
 
-    def get_credit_cost_detail(self, operation_code: str) -> CreditCost: ...
+    def get_credit_cost_detail(
+        self, operation_code: str, consistency: Consistency | None = None
+    ) -> CreditCost: ...
 
     def check_permission(self, user_id: str, permission: str) -> bool: ...
 
-    def check_permission_detail(self, user_id: str, permission: str) -> PermissionCheck: ...
+    def check_permission_detail(
+        self, user_id: str, permission: str, consistency: Consistency | None = None
+    ) -> PermissionCheck: ...
 
     def peek_credit_cost_detail(self, operation_code: str) -> CreditCost | None: ...
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
 from consumer.api.auth import tenant_of
+from consumer.api.consistency import CONSISTENCY_ERRORS, requested, tokened
 from consumer.api.deps import Stopwatch, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import (
@@ -21,6 +22,7 @@ from consumer.api.models import (
     LeadCreated,
 )
 from consumer.api.service import ApiService
+from consumer.read.consistency import Consistency, MinimizeLatency
 from crmcache import credits, leads
 from crmcache.errors import HoldClosed, InsufficientCredits
 from crmcache.leads import LEAD_OPERATION
@@ -37,18 +39,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/api/credits/validate",
     response_model=CreditValidation,
-    responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown operation/user"}},
+    responses={
+        **_ERRORS,
+        **CONSISTENCY_ERRORS,
+        404: {"model": ErrorResponse, "description": "unknown operation/user"},
+    },
     summary="Can the user afford the operation?",
 )
 async def validate_credits(
     request: Request,
     operation: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
     userId: Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PATTERN)],
+    level: Annotated[Consistency, Depends(requested)],
 ) -> JSONResponse:
     watch = Stopwatch()
     tenant, service = tenant_of(request), service_of(request)
     reader = await fastpath.reader_for(service.readers, tenant)
-    answer = await fastpath.credit_cost(reader, operation)
+    answer = await fastpath.credit_cost(reader, operation, level)
     cost = answer.cost
     if cost is None:
         raise ApiError(
@@ -58,14 +65,15 @@ async def validate_credits(
             operation=operation,
             cached=answer.cached,
         )
+    strong = not isinstance(level, MinimizeLatency)
     available, found, balance_cached, balance_stale = await fastpath.balance(
-        service, reader, tenant, userId
+        service, reader, tenant, userId, strong
     )
     if not found or available is None:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
     # Hot path: the dict goes out as is; response_model still documents it, and the
     # schemathesis test checks every answer against it.
-    return JSONResponse(
+    return tokened(
         {
             "operation": operation,
             "creditCost": cost,
@@ -74,7 +82,8 @@ async def validate_credits(
             "cached": answer.cached and balance_cached,
             "stale": answer.stale or balance_stale,
             "responseTimeMs": watch.elapsed_ms(),
-        }
+        },
+        answer.token,
     )
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from consumer.api import fastpath
 from consumer.api.auth import tenant_of
+from consumer.api.consistency import CONSISTENCY_ERRORS, requested, tokened
 from consumer.api.deps import Stopwatch, iso_time, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
+from consumer.read.consistency import Consistency
 
 router = APIRouter(tags=["users"])
 
@@ -53,19 +55,23 @@ def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
 @router.get(
     "/api/permissions/check",
     response_model=PermissionCheck,
-    responses=_ERRORS,
-    summary="May the user do this? (critical data, from the near-cache)",
+    responses={**_ERRORS, **CONSISTENCY_ERRORS},
+    summary="May the user do this? (critical data, from the near-cache unless a stronger "
+    "consistency is asked)",
 )
 async def check_permission(
-    request: Request, userId: IdentQuery, permission: IdentQuery
+    request: Request,
+    userId: IdentQuery,
+    permission: IdentQuery,
+    level: Annotated[Consistency, Depends(requested)],
 ) -> JSONResponse:
     watch = Stopwatch()
     tenant, service = tenant_of(request), service_of(request)
     reader = await fastpath.reader_for(service.readers, tenant)
-    answer = await fastpath.check_permission(reader, userId, permission)
+    answer = await fastpath.check_permission(reader, userId, permission, level)
     # Hot path: the dict goes out as is; response_model still documents it, and the
     # schemathesis test checks every answer against it.
-    return JSONResponse(
+    return tokened(
         {
             "userId": userId,
             "permission": permission,
@@ -73,5 +79,6 @@ async def check_permission(
             "cached": answer.cached,
             "stale": answer.stale,
             "responseTimeMs": watch.elapsed_ms(),
-        }
+        },
+        answer.token,
     )

@@ -52,19 +52,22 @@ DEFAULT = MinimizeLatency()
 
 def consistency_of(value: ConsistencyArg, token: str | None = None) -> Consistency:
     """A level from a ``Consistency``, its string form, or (HTTP) a level name plus a separate
-    ``token``; None is the default. ``InvalidToken`` (a ValueError) for anything else."""
-    if value is None or value == "":
+    ``token``: a token alone, or with the bare name ``at_least_as_fresh``, asks for
+    ``at_least_as_fresh``; None is the default. ``InvalidToken`` (a ValueError) for anything
+    else: a token with another level, two different tokens, ``at_least_as_fresh`` without one."""
+    if not isinstance(value, str) and value is not None:
         if token:
-            raise InvalidToken("a token needs consistency=at_least_as_fresh")
-        return DEFAULT
-    if not isinstance(value, str):
+            raise InvalidToken("a token goes in the level: AtLeastAsFresh(token)")
         return value
-    name, colon, inline = value.partition(":")
-    if name == AT_LEAST_AS_FRESH:
-        text = inline if colon else token
-        if not text or (colon and token and token != inline):
-            raise InvalidToken("at_least_as_fresh needs exactly one token")
-        return AtLeastAsFresh(text)
-    if not colon and not token and name in (MINIMIZE_LATENCY, FULLY_CONSISTENT):
-        return DEFAULT if name == MINIMIZE_LATENCY else FullyConsistent()
+    name, colon, inline = (value or "").partition(":")
+    if value == AT_LEAST_AS_FRESH and not token:
+        raise InvalidToken("at_least_as_fresh needs a token: at_least_as_fresh:<token>")
+    if name in ("", AT_LEAST_AS_FRESH) and (token or inline):
+        if colon and token and token != inline:
+            raise InvalidToken("at_least_as_fresh needs exactly one token, not two")
+        return AtLeastAsFresh(inline or token or "")
+    if not colon and not token and name in ("", MINIMIZE_LATENCY, FULLY_CONSISTENT):
+        return FullyConsistent() if name == FULLY_CONSISTENT else DEFAULT
+    if token and not colon and name in (MINIMIZE_LATENCY, FULLY_CONSISTENT):
+        raise InvalidToken(f"a token goes with consistency={AT_LEAST_AS_FRESH}, not {name}")
     raise InvalidToken(f"consistency is one of {', '.join(LEVELS)} (at_least_as_fresh:<token>)")
