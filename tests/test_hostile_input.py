@@ -101,12 +101,11 @@ def parses_or_gives_a_reason(channel: str, raw: str | bytes) -> Event | None:
         assert exc.reason and not exc.reason.startswith("unexpected"), exc.reason
         return None
     # An accepted event plans cleanly, and the worker's re-validation of it agrees (a task
-    # does not carry the envelope's seq and occurredAt: only the subscriber uses them).
+    # carries the envelope's seq, for the upstream-seq watermark, but not occurredAt: only the
+    # subscriber uses it).
     plan_writes(event)
     body = json.loads(json.dumps(event.to_task()))
-    assert Event.from_task(event.tenant, body) == replace(
-        event, upstream_seq=None, occurred_at=None
-    )
+    assert Event.from_task(event.tenant, body) == replace(event, occurred_at=None)
     return event
 
 
