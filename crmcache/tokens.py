@@ -60,10 +60,11 @@ class SeqToken:
 Token = VersionToken | SeqToken
 
 
-def version_token(epoch: bytes | str | None, version: int) -> str:
-    """The token of ``version`` in ``epoch`` ("" when the tenant has no epoch yet)."""
+def version_token(epoch: bytes | str | None, version: int | bytes | str | None) -> str:
+    """The token of ``version`` in ``epoch`` ("" when the tenant has no epoch yet), both as
+    Redis answers them."""
     text = epoch.decode() if isinstance(epoch, bytes) else (epoch or "")
-    return str(VersionToken(text, int(version))) if text else ""
+    return str(VersionToken(text, int(version or 0))) if text else ""
 
 
 def parse_token(text: str) -> Token:

@@ -174,3 +174,10 @@ def test_a_malformed_or_contradictory_level_is_a_4xx_json_error(
         assert answer.status_code == status, answer.text
         body = json.loads(answer.text)
         assert body["error"] == ("invalid_consistency" if status == 400 else "invalid_request")
+
+
+def test_a_profile_carries_the_token_it_was_cached_at(client: httpx.Client, r: redis.Redis) -> None:
+    for _ in range(2):  # filled from the Wrapper, then from Redis
+        answer = client.get(f"/api/users/{USER}/profile", headers=ACME)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["token"] == answer.headers["X-CRM-Token"] == current_token(r)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from consumer import SmartCRMConsumer
+from crmcache.events import parse_envelope
 from crmcache.keyspace import RefKind, TenantKeys
+from crmcache.store import Store
+from crmcache.tokens import parse_token, version_token
 from tests.conftest import wait_until
-from tests.reader_helpers import child_result, reader, run_in_child
+from tests.reader_helpers import child_result, preload, reader, run_in_child
 from tests.tcp_proxy import TcpProxy
 
 KEYS = TenantKeys.of("acme")
@@ -214,3 +218,30 @@ def test_cache_expiry_says_when_a_reference_entry_stops_being_fresh(
             raise AssertionError("expected ValueError")
         except ValueError:
             pass
+
+
+def test_reference_answers_carry_the_version_they_were_read_or_filled_at(
+    wrapper: Any, settings: Any, r: redis.Redis, store: Store
+) -> None:
+    def current() -> str:
+        epoch, version = r.hmget(KEYS.meta, ["epoch", "version"])
+        return version_token(epoch, version)
+
+    preload(store, settings)
+    with reader(settings) as crm:
+        # Given a profile filled from the Wrapper, then read from Redis: both at the version
+        filled = crm.get_user_profile_detail("user-456")
+        cached = crm.get_user_profile_detail("user-456")
+        assert (filled.source, cached.source) == ("wrapper", "redis")
+        assert filled.token == cached.token == current() != ""
+        # When an event invalidates the profile (its batch bumps the version)
+        envelope = {"eventType": "user-changed", "data": {"userId": "user-456", "status": "active"}}
+        seq = int(r.incr(KEYS.seq))
+        written = store.apply_events(
+            "acme", [replace(parse_envelope("acme", "users", envelope), seq=seq)]
+        )
+        # Then the next answer is at or past the write's token, and so is a balance's
+        after = crm.get_user_profile_detail("user-456")
+        assert after.source == "wrapper"
+        assert parse_token(after.token).version >= parse_token(written.token).version
+        assert crm.get_user_credits_detail("user-456").token == current()

@@ -138,6 +138,11 @@ class UserProfile(BaseModel):
     cached: bool
     stale: bool
     cacheExpiry: str | None = Field(description="ISO-8601 UTC time the cached entry expires")
+    token: str = Field(
+        description="the tenant's version when the profile was read from or written to the "
+        "cache (every invalidation up to it applied; also in X-CRM-Token); empty when Redis "
+        "did not answer"
+    )
 
 
 class TestCreditCheck(BaseModel):

@@ -36,7 +36,7 @@ IdentQuery = Annotated[str, Query(min_length=1, max_length=256, pattern=IDENT_PA
     responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "unknown user"}},
     summary="The user's profile (reference data, read through with a TTL)",
 )
-def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
+def user_profile(request: Request, userId: UserIdPath) -> JSONResponse:
     tenant, service = tenant_of(request), service_of(request)
     answer = service.readers.get(tenant).get_user_profile_detail(userId)
     profile = answer.value
@@ -44,12 +44,13 @@ def user_profile(request: Request, userId: UserIdPath) -> dict[str, Any]:
         raise ApiError(404, "user_not_found", "no such user", userId=userId)
     if not isinstance(profile, dict):
         profile = {"profile": profile}
-    return {
+    body = {
         **profile,
         "cached": answer.cached,
         "stale": answer.stale,
         "cacheExpiry": iso_time(answer.expires_at),
     }
+    return tokened(body, answer.token)
 
 
 @router.get(

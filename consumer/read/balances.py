@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from consumer.read.decode import parse_number
 from consumer.read.read_through import Kept, Lease, ReadThrough
-from consumer.read.results import ReferenceResult
+from consumer.read.results import ReferenceResult, Source
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound
 from crmcache.keyspace import RefKind
+from crmcache.tokens import version_token
 
 if TYPE_CHECKING:  # the Wrapper client (requests) is imported on first upstream call
     pass
@@ -45,6 +46,7 @@ class BalanceReader(ReadThrough):
             k.balance(user_id),
             k.ref(RefKind.CREDITS, user_id),
             k.lease(RefKind.CREDITS, user_id),
+            k.meta,
         ]
         return lease.run(lambda: self._attempt(user_id, keys, lease))
 
@@ -57,16 +59,17 @@ class BalanceReader(ReadThrough):
                 self.local.get(CREDITS, user_id), 0.0, lambda: self._fetch(user_id)
             )
             return answer
-        state = reply[0]
+        epoch, version, state, *reply = reply
+        token = version_token(epoch, version)
         if state == b"fresh":
-            value = parse_number(reply[1])
+            value = parse_number(reply[0])
             self.local.put(CREDITS, user_id, Kept(value, True, time.time(), None))
             lease.record(lease.first_try)
-            return ReferenceResult(value, True, True, False, None, 0.0, "redis")
+            return ReferenceResult(value, True, True, False, None, 0.0, "redis", token)
         if state == b"not-found":
             lease.record(lease.first_try)
-            expires = int(reply[2]) / 1000
-            return ReferenceResult(None, False, True, False, expires, 0.0, "redis")
+            expires = int(reply[1]) / 1000
+            return ReferenceResult(None, False, True, False, expires, 0.0, "redis", token)
         if state == b"lease":
             lease.fetches += 1
             result = self._fetch_and_fill(user_id, keys, lease)
@@ -90,15 +93,16 @@ class BalanceReader(ReadThrough):
             self.give_up_lease(keys[2], lease.token)
             return self._stale_or_raise(user_id, lease)
         try:
-            written, stored = self.conn.script(
+            epoch, version, written, stored = self.conn.script(
                 "balance_fill", keys, [lease.token, text, self.negative_ms]
             )
         except StoreUnavailable:
             lease.record(False, degraded=True)
             return _fetched(text)
+        token = version_token(epoch, version)
         if not text and written:
             lease.record(False)
-            return ReferenceResult(None, False, False, False, None, 0.0, "wrapper")
+            return ReferenceResult(None, False, False, False, None, 0.0, "wrapper", token)
         if stored is None:
             if not lease.retried:
                 return None
@@ -107,9 +111,8 @@ class BalanceReader(ReadThrough):
         value = parse_number(stored)
         self.local.put(CREDITS, user_id, Kept(value, True, time.time(), None))
         lease.record(False)
-        if written:
-            return ReferenceResult(value, True, False, False, None, 0.0, "wrapper")
-        return ReferenceResult(value, True, True, False, None, 0.0, "redis")
+        source: Source = "wrapper" if written else "redis"
+        return ReferenceResult(value, True, not written, False, None, 0.0, source, token)
 
     def _stale_or_raise(self, user_id: str, lease: Lease) -> ReferenceResult:
         kept = self.local.get(CREDITS, user_id)

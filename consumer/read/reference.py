@@ -28,6 +28,7 @@ from consumer.read.read_through import Kept, Lease, ReadThrough
 from consumer.read.results import ReferenceResult
 from crmcache.errors import StoreUnavailable, WrapperError, WrapperNotFound
 from crmcache.keyspace import REF_EXPIRES_MS, RefKind
+from crmcache.tokens import version_token
 
 if TYPE_CHECKING:  # the Wrapper client (requests) is imported on first upstream call
     pass
@@ -49,7 +50,7 @@ class ReferenceReader(ReadThrough):
 
     def get(self, kind: RefKind, entity_id: str) -> ReferenceResult:
         lease = self.lease(kind.value)
-        keys = [self.keys.ref(kind, entity_id), self.keys.lease(kind, entity_id)]
+        keys = [self.keys.ref(kind, entity_id), self.keys.lease(kind, entity_id), self.keys.meta]
         return lease.run(lambda: self._attempt(kind, entity_id, keys, lease))
 
     def _attempt(
@@ -60,8 +61,8 @@ class ReferenceReader(ReadThrough):
             reply = self.conn.script("ref_read", keys, [lease.token, self.lease_ms])
         except StoreUnavailable:
             return self._without_redis(kind, entity_id, lease)
-        now_ms, state, value, fetched_ms, expires_ms, not_found = reply
-        entry = _Entry(value, fetched_ms, expires_ms, not_found)
+        epoch, version, now_ms, state, value, fetched_ms, expires_ms, not_found = reply
+        entry = _Entry(value, fetched_ms, expires_ms, not_found, version_token(epoch, version))
         if state == b"fresh":
             result = entry.result(int(now_ms), stale=False)
             self._keep(kind, entity_id, result, entry)
@@ -123,11 +124,13 @@ class ReferenceReader(ReadThrough):
         except StoreUnavailable:
             self.local.put(kind, entity_id, Kept(value, found, fetched_at, None))
             return True, uncached
-        if not written[0]:
+        epoch, version, ok, *written = written
+        if not ok:
             return False, uncached
-        expires_at = int(written[2]) / 1000
+        expires_at = int(written[1]) / 1000
         self.local.put(kind, entity_id, Kept(value, found, fetched_at, expires_at))
-        return True, ReferenceResult(value, found, False, False, expires_at, 0.0, "wrapper")
+        token = version_token(epoch, version)
+        return True, ReferenceResult(value, found, False, False, expires_at, 0.0, "wrapper", token)
 
     def _stale_result(
         self, kind: RefKind, entity_id: str, entry: _Entry, now_ms: int
@@ -180,9 +183,13 @@ class _Entry:
     fetched_ms: int | None
     expires_ms: int | None
     not_found: bool
+    token: str
 
-    def __init__(self, value: Any, fetched: Any, expires: Any, not_found: Any) -> None:
+    def __init__(
+        self, value: Any, fetched: Any, expires: Any, not_found: Any, token: str = ""
+    ) -> None:
         object.__setattr__(self, "value", value)
+        object.__setattr__(self, "token", token)
         object.__setattr__(self, "fetched_ms", int(fetched) if fetched is not None else None)
         object.__setattr__(self, "expires_ms", int(expires) if expires is not None else None)
         object.__setattr__(self, "not_found", not_found == b"1")
@@ -192,4 +199,5 @@ class _Entry:
         value = json.loads(self.value) if found and self.value is not None else None
         age = max(now_ms - (self.fetched_ms or now_ms), 0)
         expires = self.expires_ms / 1000 if self.expires_ms is not None else None
-        return ReferenceResult(value, found, True, stale, expires, float(age), "redis")
+        token = self.token
+        return ReferenceResult(value, found, True, stale, expires, float(age), "redis", token)

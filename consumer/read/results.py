@@ -6,8 +6,10 @@ value out of these.
 against Redis at most CRM_NEAR_CACHE_STALENESS_MS ago), ``redis``, ``wrapper`` (just fetched),
 or ``last-known-good`` (Redis or the Wrapper failed; ``stale`` is then True). ``age_ms`` is how
 long ago the answer was last known to be current. ``token`` is the consistency token
-(crmcache/tokens.py) of the data the answer was computed from ("" when none is known: reference
-data, or a tenant Redis never gave an epoch); pass it to a later read as
+(crmcache/tokens.py) of the data the answer was computed from; for reference data and balances,
+the tenant's version when the entry was read from or written to Redis (every invalidation up to
+it applied). "" when none is known: an answer without Redis, or a tenant Redis never gave an
+epoch. Pass it to a later read as
 ``consistency=AtLeastAsFresh(token)`` (consumer/read/consistency.py).
 
 A detail is never a boolean: ``if crm.check_permission_detail(...)`` would be true for a denied

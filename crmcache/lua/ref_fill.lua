@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  crm:{t}:ref:<kind>:<id>    hash: value, fetched-ms, expires-ms, not-found
 -- KEYS[2]  crm:{t}:lease:<kind>:<id>  string: lease token
+-- KEYS[3]  crm:{t}:meta                 hash: epoch, version (the answer's token)
 -- ARGV[1]  the caller's lease token
 -- ARGV[2]  the value (JSON text); ignored for a not-found entry
 -- ARGV[3]  "1" to store a not-found (404) entry, else "0"
@@ -11,10 +12,18 @@
 -- Guarantees: an invalidation (user-changed, hierarchy-changed, ...) deletes both the entry
 -- and the lease, so a value fetched before it finds the lease gone and is NOT written back.
 -- The lease is released on success.
--- Returns {1, now-ms, expires-ms} when written, {0} when the lease was lost.
+-- Returns {epoch, version, 1, now-ms, expires-ms} when written, {epoch, version, 0} when the
+-- lease was lost.
 
+local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
+local function answer(reply)
+    -- the tenant's version at this read: every invalidation up to it is applied (the token)
+    table.insert(reply, 1, meta[2])
+    table.insert(reply, 1, meta[1])
+    return reply
+end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-    return {0}
+    return answer({0})
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,4 +36,4 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), tonumber(ARGV[4])))
 redis.call('DEL', KEYS[2])
-return {1, now, expires}
+return answer({1, now, expires})

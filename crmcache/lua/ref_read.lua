@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  crm:{t}:ref:<kind>:<id>    hash: value, fetched-ms, expires-ms, not-found
 -- KEYS[2]  crm:{t}:lease:<kind>:<id>  string: the fetching caller's token
+-- KEYS[3]  crm:{t}:meta                 hash: epoch, version (the answer's token)
 -- ARGV[1]  the caller's token (random)
 -- ARGV[2]  lease time to live, ms
 --
@@ -9,10 +10,17 @@
 -- per key however many callers (threads or processes) miss at once. A lease "!<token>" marks
 -- a fetch that failed a moment ago: callers serve stale (or fail) instead of refetching.
 -- An entry is fresh while expires-ms is in the future (server clock).
--- Returns {now-ms, state, value, fetched-ms, expires-ms, not-found} where state is
+-- Returns {epoch, version, now-ms, state, value, fetched-ms, expires-ms, not-found} where state is
 -- "fresh", "lease" (the caller now holds the lease), "wait" (another caller fetches) or
 -- "failed"; the entry fields are nil when there is no entry.
 
+local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
+local function answer(reply)
+    -- the tenant's version at this read: every invalidation up to it is applied (the token)
+    table.insert(reply, 1, meta[2])
+    table.insert(reply, 1, meta[1])
+    return reply
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local e = redis.call('HMGET', KEYS[1], 'value', 'fetched-ms', 'expires-ms', 'not-found')
@@ -32,4 +40,4 @@ else
         state = 'wait'
     end
 end
-return {now, state, e[1], e[2], e[3], e[4]}
+return answer({now, state, e[1], e[2], e[3], e[4]})
