@@ -130,7 +130,7 @@ def load_balance(store: Store, wrapper: WrapperClient, tenant: str, user_id: str
         text = format_amount(available)  # type: ignore[arg-type]
     except ValueError:
         raise WrapperError(f"credits of {user_id!r}: 'available' is not a number >= 0") from None
-    return as_number(store.seed_balance(tenant, user_id, text))  # type: ignore[arg-type]
+    return as_number(store.seed_balance(tenant, user_id, text))
 
 
 _CONFLICT = "this Idempotency-Key was already used with a different request"

@@ -10,7 +10,7 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -108,16 +108,14 @@ class Store(OutboxCommands, OpsCommands):
                     self.redis.script_load(script.script)  # a restarted or flushed Redis
         raise RuntimeError(f"{name}.lua could not be loaded")
 
-    def seed_balance(self, tenant: str, user_id: str, amount: str) -> bytes | str | None:
+    def seed_balance(self, tenant: str, user_id: str, amount: str) -> bytes | str:
         """Cache `amount` unless a balance is cached already (SET NX: one maybe already
-        charged is never overwritten); the cached balance after."""
+        charged is never overwritten); the cached balance after. One command (SET NX GET,
+        Redis 7): a key that vanished between a SET NX and a GET can no longer answer None."""
         key = TenantKeys.of(tenant).balance(user_id)
         with translate_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(key, amount, nx=True)
-            pipe.get(key)
-            _, raw = pipe.execute()
-        return raw  # type: ignore[no-any-return]
+            before = self.redis.set(key, amount, nx=True, get=True)
+        return amount if before is None else cast("bytes | str", before)
 
     def record(self, key: str) -> dict[str, str]:
         """A hash as text (an idempotency or hold record); empty when there is none."""
