@@ -1,7 +1,9 @@
 """Lost change notifications (issue 13, item 4): a reader that misses a revoke's notification
 never serves its near-cache's grant for longer than CRM_NEAR_CACHE_STALENESS_MS, whether its
 pub/sub connection was killed (``CLIENT KILL TYPE pubsub``: it must also subscribe again) or
-the notification vanished on a connection that looks alive (only the version check helps)."""
+the notification vanished on a connection that looks alive (only the version check helps);
+and what that check sends: one ``HMGET`` per tenant, about every half bound, also when the
+bound is shorter than the background's 50 ms tick."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from crmcache.events import parse_envelope
 from crmcache.keyspace import DataClass, TenantKeys
 from crmcache.store import Store
 from tests.conftest import wait_until
-from tests.reader_helpers import load_snapshot, private_redis, reader, small_tenant
+from tests.reader_helpers import command_calls, load_snapshot, private_redis, reader, small_tenant
 
 KEYS = TenantKeys.of("acme")
 USER, PERM = "user-1", "crm.leads.create"
@@ -141,3 +143,43 @@ def test_a_notification_lost_on_a_live_connection_is_caught_within_the_bound(
             denied_at = first_denial(seen)
             assert denied_at <= bound_ms / 1000 + SLACK_S
             print(f"bound {bound_ms} ms: denied {denied_at * 1000:.1f} ms after the lost notice")
+
+
+def test_the_version_check_sends_one_hmget_per_tenant_and_gives_a_lost_epoch_back(
+    settings: Any,
+) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        r = own_store.redis
+        # Given an idle, listening reader holding two tenants, at a 100 ms bound
+        for tenant in ("acme", "beta"):
+            load_snapshot(own_store, tenant, small_tenant(1))
+        with reader(own_settings, near_cache_staleness_ms=100) as crm:
+            crm.initialize()
+            crm.cache.tenant("beta").check_permission(USER, PERM)
+            wait_until(lambda: crm.cache.listening, what="listening")
+            r.config_resetstat()
+            # When it idles for a second
+            time.sleep(1.0)
+            # Then it checked every tenant every half bound or so, with one HMGET each and no
+            # HSETNX (the epoch exists)
+            assert command_calls(r, "hmget") >= 2 * 8, r.info("commandstats")
+            assert command_calls(r, "hsetnx") == 0
+            # And a tenant whose epoch Redis lost gets one again from the next check
+            r.hdel(KEYS.meta, "epoch")
+            wait_until(lambda: r.hexists(KEYS.meta, "epoch"), timeout=1.0, what="a new epoch")
+
+
+def test_a_short_bound_is_checked_before_it_runs_out(settings: Any) -> None:
+    with private_redis(settings) as (_, own_settings, own_store):
+        r = own_store.redis
+        # Given an idle, listening reader with a 20 ms bound (shorter than the 50 ms tick)
+        load_snapshot(own_store, "acme", small_tenant(1))
+        with reader(own_settings, near_cache_staleness_ms=20) as crm:
+            crm.initialize()
+            wait_until(lambda: crm.cache.listening, what="listening")
+            r.config_resetstat()
+            time.sleep(1.0)
+            # Then it checked about every half bound (not every tick: 20 a second would leave
+            # the near-cache untrusted most of the time), and the near-cache is trusted
+            assert command_calls(r, "hmget") >= 40, r.info("commandstats")
+            assert crm.check_permission_detail(USER, PERM).source == "near-cache"
