@@ -21,9 +21,11 @@ class ReadSettings(BaseSettings):
     near_cache: bool = Field(default=True, validation_alias=env("CRM_NEAR_CACHE"))
     """Keep critical data in each reader process (off: every critical read asks Redis)."""
     near_cache_staleness_ms: int = Field(
-        default=1000, ge=10, le=600_000, validation_alias=env("CRM_NEAR_CACHE_STALENESS_MS")
+        default=250, ge=10, le=600_000, validation_alias=env("CRM_NEAR_CACHE_STALENESS_MS")
     )
-    """Hard bound: a near-cache answer is confirmed against meta.version at most this old."""
+    """Hard bound: a near-cache answer is confirmed against meta.version at most this old (so a
+    lost change notification is outlived by at most this much). Its cost, a version check per
+    held tenant every half bound: benchmarks/version_check_bench.py, docs/read-side.md."""
     consistency_wait_ms: int = Field(
         default=500, ge=0, le=60_000, validation_alias=env("CRM_CONSISTENCY_WAIT_MS")
     )

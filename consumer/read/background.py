@@ -1,11 +1,13 @@
 """The one background thread of a ``CRMCache``, whatever the number of tenants it serves.
 
 It listens to the change feed (one pub/sub connection, one pattern subscription: the workers'
-coherence signal for every tenant) and every ``POLL_SECONDS`` lets the client do its periodic
-work (``Listener.tick``: version checks, the reconnect probe while Redis is down, the metrics
-flush, dropping idle tenants). A lost pub/sub connection distrusts every tenant's near-cache
-until it is confirmed again (notifications may have been missed), and a confirmed
-(re)subscription confirms them all at once.
+coherence signal for every tenant) and every ``POLL_SECONDS`` (a quarter of the staleness bound
+when that is shorter, so that a version check, due half a bound after the last, lands before
+the bound runs out) lets the client do its periodic work (``Listener.tick``: version checks,
+the reconnect probe while Redis is down, the metrics flush, dropping idle tenants). A lost
+pub/sub connection distrusts every tenant's near-cache until it is confirmed again
+(notifications may have been missed), and a confirmed (re)subscription confirms them all at
+once.
 
 Fork-safe: a forked child starts with no thread and no pub/sub connection (the parent's socket
 is never used by the child); the client's next read starts a new thread. The thread holds its
@@ -55,6 +57,7 @@ class Background:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._pid = os.getpid()
+        self._poll = min(POLL_SECONDS, settings.near_cache_staleness_ms / 4000)
 
     @property
     def running(self) -> bool:
@@ -93,13 +96,14 @@ class Background:
 
     def _run(self, stop: threading.Event) -> None:
         feed: ChangeFeed | None = None
+        poll = self._poll
         delay, next_tick = POLL_SECONDS, 0.0
         try:
             while not stop.is_set():
                 try:
                     if feed is None:
                         feed = ChangeFeed(self.settings)
-                    heard = feed.poll(POLL_SECONDS)
+                    heard = feed.poll(poll)
                     delay = POLL_SECONDS
                 except StoreUnavailable as exc:
                     logger.info("%s; revalidating every tenant", exc)
@@ -113,7 +117,7 @@ class Background:
                     return
                 now = time.monotonic()
                 if now >= next_tick:
-                    next_tick = now + POLL_SECONDS
+                    next_tick = now + poll
                     if not self._call(partial(_tick, now=now)):
                         return
         finally:
