@@ -5,13 +5,14 @@
 
 A reader keeps a near-cache answer only while its tenant's version was confirmed less than
 ``CRM_NEAR_CACHE_STALENESS_MS`` ago; its background thread confirms every tenant due (one
-pipelined round trip, ``HSETNX`` + ``HMGET`` per tenant), so that a change whose notification
-was lost is seen within the bound. For each tenant count and bound, one reader process
+pipelined round trip, an ``HMGET`` per tenant), so that a change whose notification was lost
+is seen within the bound. For each tenant count and bound, one reader process
 (``CRMCache``, every tenant read once) runs two phases on a Redis of this run's own:
 
 * idle: no reads, ``--seconds`` long: the reader's CPU time (user + system, every thread) per
   second, the Redis commands per second it caused (``INFO commandstats``, reset before the
-  phase; this script's own INFO/CONFIG calls left out) and the Redis server's CPU per second;
+  phase, which counts the commands a script runs too; this script's own INFO/CONFIG calls left
+  out) and the Redis server's CPU per second;
 * busy: ``--rate`` permission checks per second over its tenants: the same figures and the
   share answered from the near-cache (the rest went to Redis: the bound expired before a check
   confirmed it).
@@ -219,7 +220,8 @@ def main() -> int:
         f"{args.seconds:g} s per phase; baseline: bound {BASELINE_MS} ms (no check due)"
     )
     print(
-        "cpu ms/s: the reader process's CPU per second; redis cmd/s: commands it caused; "
+        "cpu ms/s: the reader process's CPU per second; redis cmd/s: commands it caused "
+        "(those run by a script included); "
         "checks/s: version checks per tenant per second (HMGET); redis ms/s: server CPU; "
         "near: busy reads answered from the near-cache"
     )
