@@ -49,6 +49,9 @@ def test_a_lead_whose_balance_redis_lost_is_503_never_404(
         # Then the lead is refused as "unavailable", not "no such user", and nothing is charged
         assert reply.status_code == 503, reply.text
         assert reply.json()["error"] == "cache_unavailable"
-        assert r.exists(KEYS.balance("user-456"), KEYS.credit_outbox) == 0
+        # (a settlement of the first lead, run by a worker after the flush, may leave an empty
+        # outbox stream behind: no entry in it is a charge)
+        assert r.exists(KEYS.balance("user-456")) == 0
+        assert r.xlen(KEYS.credit_outbox) == 0
     finally:
         app.state.service.close()
