@@ -36,6 +36,8 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store
+from crmcache.store_base import text as redis_text
+from crmcache.store_base import text_pairs
 from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
@@ -74,7 +76,7 @@ def format_amount(value: Number | str | Decimal) -> str:
 
 def as_number(text: str | bytes) -> Number:
     """Decimal text from Redis as an int when integral, else a float."""
-    number = Decimal(text.decode() if isinstance(text, bytes) else text)
+    number = Decimal(redis_text(text))
     return int(number) if number == number.to_integral_value() else float(number)
 
 
@@ -175,7 +177,7 @@ class _Charge:
 
     def answer(self, reply: list[Any]) -> Deduction | None:
         """The deduction the script made or replayed; None when the balance is not cached."""
-        outcome = reply[0].decode()
+        outcome = redis_text(reply[0])
         if outcome == "charged":
             remaining, _entry, enqueue, version, epoch = reply[1:6]
             return Deduction(
@@ -190,13 +192,11 @@ class _Charge:
                 token=version_token(epoch, int(version)),
             )
         if outcome == "replay":
-            flat = [part.decode() for part in reply[1]]
-            record = dict(zip(flat[::2], flat[1::2], strict=True))
-            return Deduction.from_record(record, replayed=True)
+            return Deduction.from_record(text_pairs(reply[1]), replayed=True)
         if outcome == "conflict":
             raise IdempotencyConflict(_CONFLICT)
         if outcome == "insufficient":
-            raise InsufficientCredits(reply[1].decode(), self.amount_text)
+            raise InsufficientCredits(redis_text(reply[1]), self.amount_text)
         return None
 
 

@@ -41,6 +41,7 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store
+from crmcache.store_base import text, text_pairs
 from crmcache.wrapper import WrapperClient
 
 HOLD_ID_PREFIX = "hold_"
@@ -116,12 +117,7 @@ def _keys(tenant: str, user_id: str, hold_id: str, idempotency_key: str) -> list
 
 def _run(store: Store, tenant: str, keys: list[str], args: list[Any]) -> list[Any]:
     reply: list[Any] = store.run_credit_script("credit_holds", tenant, keys, args)
-    return [part.decode() if isinstance(part, bytes) else part for part in reply]
-
-
-def _pairs(flat: list[bytes]) -> dict[str, str]:
-    text = [part.decode() for part in flat]
-    return dict(zip(text[::2], text[1::2], strict=True))
+    return [text(part) for part in reply]
 
 
 def reserve(
@@ -190,7 +186,7 @@ def _held(reply: list[Any], args: list[Any]) -> Hold | None:
             available_before=as_number(before),
         )
     if outcome == "replay":
-        return Hold.from_record(_pairs(reply[1]), replayed=True, open=reply[2] == 1)
+        return Hold.from_record(text_pairs(reply[1]), replayed=True, open=reply[2] == 1)
     if outcome == "conflict":
         raise IdempotencyConflict(_CONFLICT)
     if outcome == "insufficient":
@@ -222,7 +218,7 @@ def hold_status(store: Store, tenant: str, hold_id: str, *, ttl_s: int) -> dict[
     reply = store.run_credit_script("credit_holds", tenant, keys, args)
     if not reply[1]:
         raise HoldNotFound(f"no hold {hold_id!r}")
-    return _pairs(reply[1])
+    return text_pairs(reply[1])
 
 
 def commit(
@@ -257,7 +253,7 @@ def commit(
     if outcome == "committed":
         return Committed(hold_id, deduction_id, result_ref, False, settle_now=reply[2] == 1)
     if outcome == "replay":
-        stored = _pairs(reply[1])
+        stored = text_pairs(reply[1])
         return Committed(hold_id, stored["deductionId"], stored.get("resultRef", ""), True)
     if outcome == "conflict":
         raise IdempotencyConflict(f"hold {hold_id} belongs to another result")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crmcache.keyspace import STREAMS
+from crmcache.store_base import text as redis_text
 
 VERSION_PREFIX = "v1"
 _EPOCH_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -56,8 +57,8 @@ Token = VersionToken | SeqToken
 
 def version_token(epoch: bytes | str | None, version: int) -> str:
     """The token of ``version`` in ``epoch`` ("" when the tenant has no epoch yet)."""
-    text = epoch.decode() if isinstance(epoch, bytes) else (epoch or "")
-    return str(VersionToken(text, int(version))) if text else ""
+    current = redis_text(epoch or "")
+    return str(VersionToken(current, int(version))) if current else ""
 
 
 def parse_token(text: str) -> Token:
@@ -97,7 +98,7 @@ def satisfies(
     contiguous upstream seq applied per stream in ``upstream``, is at or past ``token``."""
     if isinstance(token, SeqToken):
         return (upstream or {}).get(token.stream, 0) >= token.seq
-    current = epoch.decode() if isinstance(epoch, bytes) else (epoch or "")
+    current = redis_text(epoch or "")
     if current == token.epoch:
         return version >= token.version
     return ready and bool(current)

@@ -6,16 +6,18 @@ import argparse
 import functools
 import json
 import sys
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 from rich.console import Console
 
 from config.settings import Settings
 from crmcache.errors import InvalidTenant, StoreUnavailable
 from crmcache.redis_client import make_redis
+from crmcache.store_base import now_ms, translate_errors
+
+if TYPE_CHECKING:
+    import redis
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -59,13 +61,15 @@ def cache_client(settings: Settings) -> redis.Redis:
 
 
 def with_redis_errors(handler: Handler) -> Handler:
-    """Exit 1 with one line (no traceback) when Redis cannot be reached; 2 for a bad tenant."""
+    """Exit 1 with one line (no traceback) when Redis cannot be reached; 2 for a bad tenant.
+    The commands' own Redis calls have their errors translated here, at their boundary."""
 
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            return handler(args, settings)
-        except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as exc:
+            with translate_errors():
+                return handler(args, settings)
+        except StoreUnavailable as exc:
             return fail(f"Redis at {_safe_url(settings.cache_url)} is unreachable: {exc}")
         except InvalidTenant as exc:
             return fail(str(exc), EXIT_USAGE)
@@ -78,16 +82,6 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return f"{scheme}{sep}{rest}"
-
-
-def text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def age(ms: int | float | None, now: int | None = None) -> str:

@@ -6,10 +6,11 @@ import argparse
 import time
 from typing import Any
 
-import redis
 from rich.table import Table
 
 from config.settings import Settings
+from crmcache.errors import StoreUnavailable
+from crmcache.store_base import now_ms
 from ops import inspection, live_status
 from ops.commands._common import (
     EXIT_FAILED,
@@ -21,7 +22,6 @@ from ops.commands._common import (
     cache_client,
     console,
     fail,
-    now_ms,
     print_json,
     with_redis_errors,
 )
@@ -104,7 +104,7 @@ def watch(args: argparse.Namespace, settings: Settings) -> int:
         try:
             tenants = args.tenant or inspection.known_tenants(client, settings)
             return live_status.Sample(at, now, inspection.watch_sample(client, tenants))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except StoreUnavailable as exc:
             return live_status.Sample(at, now, {}, error=f"Redis unreachable ({exc})")
 
     try:
