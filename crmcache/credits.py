@@ -86,6 +86,32 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def request_fields(record: dict[str, str]) -> dict[str, Any]:
+    """The user, operation and amount of a stored deduction or hold record, as keywords."""
+    return {
+        "user_id": record["userId"],
+        "operation": record["operationCode"],
+        "amount": as_number(record["amount"]),
+    }
+
+
+def checked_request(
+    user_id: str,
+    operation: str,
+    amount: Number | str,
+    idempotency_key: str,
+    request_fingerprint: str | None,
+    *scope: str,
+) -> tuple[str, str, str]:
+    """A deduction's or reservation's amount as Redis text, its checked idempotency key and its
+    fingerprint (by default of ``scope`` + (user, operation, amount)); ValueError if invalid."""
+    amount_text = format_amount(amount)
+    key = validate_key(idempotency_key)
+    if request_fingerprint is None:
+        request_fingerprint = fingerprint([*scope, user_id, operation, amount_text])
+    return amount_text, key, request_fingerprint
+
+
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -110,9 +136,7 @@ class Deduction:
     def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
         return cls(
             deduction_id=record["deductionId"],
-            user_id=record["userId"],
-            operation=record["operationCode"],
-            amount=as_number(record["amount"]),
+            **request_fields(record),
             remaining=as_number(record["remaining"]),
             occurred_at=record["occurredAt"],
             replayed=replayed,
@@ -223,10 +247,9 @@ def deduct(
     down, or a balance read through that the cache did not keep) or WrapperUnavailable (balance
     not cached and the Wrapper down: fail closed too).
     """
-    amount_text = format_amount(amount)
-    key = validate_key(idempotency_key)
-    if request_fingerprint is None:
-        request_fingerprint = fingerprint([user_id, operation, amount_text])
+    amount_text, key, request_fingerprint = checked_request(
+        user_id, operation, amount, idempotency_key, request_fingerprint
+    )
     charge = _Charge(tenant, user_id, operation, amount_text, key, request_fingerprint, ttl_s)
 
     def attempt() -> Deduction | None:

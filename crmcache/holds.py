@@ -27,8 +27,8 @@ from crmcache.credits import (
     SETTLE_SCHEDULED_TTL_MS,
     Number,
     as_number,
-    fingerprint,
-    format_amount,
+    checked_request,
+    request_fields,
     utc_now_iso,
     validate_key,
     with_balance,
@@ -76,9 +76,7 @@ class Hold:
     def from_record(cls, record: dict[str, str], *, replayed: bool, open: bool) -> Hold:
         return cls(
             hold_id=record["holdId"],
-            user_id=record["userId"],
-            operation=record["operationCode"],
-            amount=as_number(record["amount"]),
+            **request_fields(record),
             available=as_number(record["available"]),
             deadline_ms=int(record["deadlineMs"]),
             idempotency_key=record["idempotencyKey"],
@@ -125,9 +123,9 @@ def reserve(
     wrapper: WrapperClient,
     tenant: str,
     *,
+    amount: Number | str,
     user_id: str,
     operation: str,
-    amount: Number | str,
     idempotency_key: str,
     timeout_s: float,
     ttl_s: int,
@@ -139,10 +137,9 @@ def reserve(
 
     Raises InsufficientCredits, IdempotencyConflict, BalanceUnknown (the Wrapper knows no such
     user) or StoreUnavailable (fail closed). `read_through` as in ``credits.deduct``."""
-    amount_text = format_amount(amount)
-    key = validate_key(idempotency_key)
-    if request_fingerprint is None:
-        request_fingerprint = fingerprint(["reserve", user_id, operation, amount_text])
+    amount_text, key, request_fingerprint = checked_request(
+        user_id, operation, amount, idempotency_key, request_fingerprint, "reserve"
+    )
     hold_id = new_hold_id()
     keys = _keys(tenant, user_id, hold_id, key)
     args = [

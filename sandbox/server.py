@@ -12,7 +12,6 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 import redis
@@ -102,12 +101,7 @@ class SandboxWrapper:
     def __enter__(self) -> SandboxWrapper:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def sleep(self, seconds: float) -> None:
