@@ -36,7 +36,10 @@ class InvalidToken(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VersionToken:
+    """``v1.<epoch>.<version>``: the tenant's data at ``meta.version`` or later."""
+
     epoch: str
+    """``meta.epoch``: a random id that a Redis which lost its data does not have any more."""
     version: int
 
     def __str__(self) -> str:
@@ -45,6 +48,8 @@ class VersionToken:
 
 @dataclass(frozen=True, slots=True)
 class SeqToken:
+    """``<stream>:<seq>``: the Wrapper's events on ``stream`` applied up to its ``seq``."""
+
     stream: str
     seq: int
 
