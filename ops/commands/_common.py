@@ -42,11 +42,12 @@ def add_command(
     description: str,
     epilog: str = "",
     *,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     json: bool = True,
 ) -> argparse.ArgumentParser:
-    """The operator command ``name``: its help with the exit codes after the epilog, ``--json``
-    (unless not ``json``), and ``handler`` run with Redis failures reported in one line
-    (``with_redis_errors``)."""
+    """The operator command ``name``: its help with the exit codes after the epilog, its own
+    ``arguments``, then ``--json`` (unless not ``json``), and ``handler`` run with Redis
+    failures reported in one line (``with_redis_errors``)."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
@@ -54,6 +55,8 @@ def add_command(
         epilog=(epilog + "\n\n" if epilog else "") + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if arguments is not None:
+        arguments(parser)
     if json:
         add_json_flag(parser)
     parser.set_defaults(handler=with_redis_errors(handler))

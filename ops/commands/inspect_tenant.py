@@ -32,7 +32,10 @@ it can still be served while the Wrapper fails: CRM_REFERENCE_MAX_STALE)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_command(sub, "inspect", run, HELP, DESCRIPTION, EPILOG)
+    add_command(sub, "inspect", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenant", help="tenant id")
     parser.add_argument(
         "--class",

@@ -26,7 +26,10 @@ tenant's last-preload time moves (exit 1 on timeout)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_command(sub, "preload", run, HELP, DESCRIPTION, EPILOG)
+    add_command(sub, "preload", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenants", nargs="*", metavar="TENANT", help="tenants to preload")
     parser.add_argument(
         "--tenant", action="append", default=[], metavar="T", help="a tenant (repeatable)"

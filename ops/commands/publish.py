@@ -45,7 +45,10 @@ data it left too (exit 1 when that takes longer than the given seconds)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_command(sub, "publish", run, HELP, DESCRIPTION, EPILOG)
+    add_command(sub, "publish", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenant", help="tenant id")
     parser.add_argument("stream", choices=STREAMS, help="the event stream")
     parser.add_argument("event", help="the event as JSON; '-' reads it from stdin")

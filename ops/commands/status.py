@@ -36,7 +36,10 @@ active subscriber. With --json, one JSON object per line per redraw."""
 
 
 def register(sub: Any) -> None:
-    parser = add_command(sub, "status", run, HELP, DESCRIPTION, EPILOG)
+    add_command(sub, "status", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tenant", action="append", metavar="T", help="only these tenants (repeatable)"
     )
