@@ -87,10 +87,11 @@ def inline(
 
     results: list[dict[str, Any]] = []
     with cache_client(settings) as client, _progress(show) as progress:
+        store = Store(client)
         task = progress.add_task("preloading", total=len(tenants))
         for tenant in tenants:
             progress.update(task, description=f"preloading {tenant}")
-            results.append(_preload_one(settings, Store(client), wrapper, tenant))
+            results.append(_preload_one(settings, store, wrapper, tenant))
             progress.advance(task)
     return results
 
