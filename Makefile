@@ -50,7 +50,7 @@ unit: install
 	$(BIN)/pytest
 
 ## Benchmarks: measured figures printed side by side with their baselines (not tests).
-BENCHES := pipeline_bench revocation_bench read_bench api_bench leads_bench fairness_bench scale_bench tenants_bench tenants_reader_bench parse_bench version_check_bench
+BENCHES := pipeline_bench revocation_bench read_bench api_bench leads_bench fairness_bench scale_bench tenants_bench tenants_reader_bench parse_bench version_check_bench rss_bench
 bench: install
 	@for b in $(BENCHES); do echo "== benchmarks.$$b"; $(BIN)/python -m benchmarks.$$b || exit 1; done
 

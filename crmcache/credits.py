@@ -36,6 +36,8 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store
+from crmcache.store_base import text as redis_text
+from crmcache.store_base import text_pairs
 from crmcache.tokens import version_token
 from crmcache.wrapper import WrapperClient
 
@@ -74,7 +76,7 @@ def format_amount(value: Number | str | Decimal) -> str:
 
 def as_number(text: str | bytes) -> Number:
     """Decimal text from Redis as an int when integral, else a float."""
-    number = Decimal(text.decode() if isinstance(text, bytes) else text)
+    number = Decimal(redis_text(text))
     return int(number) if number == number.to_integral_value() else float(number)
 
 
@@ -82,6 +84,32 @@ def fingerprint(payload: Any) -> str:
     """A stable digest of what a client asked for (canonical JSON)."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def request_fields(record: dict[str, str]) -> dict[str, Any]:
+    """The user, operation and amount of a stored deduction or hold record, as keywords."""
+    return {
+        "user_id": record["userId"],
+        "operation": record["operationCode"],
+        "amount": as_number(record["amount"]),
+    }
+
+
+def checked_request(
+    user_id: str,
+    operation: str,
+    amount: Number | str,
+    idempotency_key: str,
+    request_fingerprint: str | None,
+    *scope: str,
+) -> tuple[str, str, str]:
+    """A deduction's or reservation's amount as Redis text, its checked idempotency key and its
+    fingerprint (by default of ``scope`` + (user, operation, amount)); ValueError if invalid."""
+    amount_text = format_amount(amount)
+    key = validate_key(idempotency_key)
+    if request_fingerprint is None:
+        request_fingerprint = fingerprint([*scope, user_id, operation, amount_text])
+    return amount_text, key, request_fingerprint
 
 
 def utc_now_iso() -> str:
@@ -108,9 +136,7 @@ class Deduction:
     def from_record(cls, record: dict[str, str], *, replayed: bool) -> Deduction:
         return cls(
             deduction_id=record["deductionId"],
-            user_id=record["userId"],
-            operation=record["operationCode"],
-            amount=as_number(record["amount"]),
+            **request_fields(record),
             remaining=as_number(record["remaining"]),
             occurred_at=record["occurredAt"],
             replayed=replayed,
@@ -175,7 +201,7 @@ class _Charge:
 
     def answer(self, reply: list[Any]) -> Deduction | None:
         """The deduction the script made or replayed; None when the balance is not cached."""
-        outcome = reply[0].decode()
+        outcome = redis_text(reply[0])
         if outcome == "charged":
             remaining, _entry, enqueue, version, epoch = reply[1:6]
             return Deduction(
@@ -190,13 +216,11 @@ class _Charge:
                 token=version_token(epoch, int(version)),
             )
         if outcome == "replay":
-            flat = [part.decode() for part in reply[1]]
-            record = dict(zip(flat[::2], flat[1::2], strict=True))
-            return Deduction.from_record(record, replayed=True)
+            return Deduction.from_record(text_pairs(reply[1]), replayed=True)
         if outcome == "conflict":
             raise IdempotencyConflict(_CONFLICT)
         if outcome == "insufficient":
-            raise InsufficientCredits(reply[1].decode(), self.amount_text)
+            raise InsufficientCredits(redis_text(reply[1]), self.amount_text)
         return None
 
 
@@ -223,10 +247,9 @@ def deduct(
     down, or a balance read through that the cache did not keep) or WrapperUnavailable (balance
     not cached and the Wrapper down: fail closed too).
     """
-    amount_text = format_amount(amount)
-    key = validate_key(idempotency_key)
-    if request_fingerprint is None:
-        request_fingerprint = fingerprint([user_id, operation, amount_text])
+    amount_text, key, request_fingerprint = checked_request(
+        user_id, operation, amount, idempotency_key, request_fingerprint
+    )
     charge = _Charge(tenant, user_id, operation, amount_text, key, request_fingerprint, ttl_s)
 
     def attempt() -> Deduction | None:

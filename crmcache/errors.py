@@ -1,18 +1,10 @@
 """The project's own exception types. Library errors are translated into these at the seam
-(the store for Redis, the Wrapper client for HTTP), so everything above handles only these."""
+(the store for Redis, the Wrapper client for HTTP), so everything above handles only these.
+The plain errors first, then those that carry details (``reason``, ``available``, ...)."""
 
 
 class CrmCacheError(Exception):
     """Base of every crmcache error."""
-
-
-class InvalidEvent(CrmCacheError):
-    """A pub/sub message that breaks the event contract; `reason` says how."""
-
-    def __init__(self, reason: str, tenant: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.tenant = tenant
 
 
 class InvalidTenant(CrmCacheError):
@@ -39,6 +31,31 @@ class TenantNotReady(CrmCacheError):
     """The tenant's critical data was never loaded: a miss means 'unknown', not 'absent'."""
 
 
+class IdempotencyConflict(CrmCacheError):
+    """An idempotency key replayed with a different request; nothing was charged."""
+
+
+class BalanceUnknown(CrmCacheError):
+    """The user's balance is neither cached nor obtainable from the Wrapper (unknown user)."""
+
+
+class HoldNotFound(CrmCacheError):
+    """No such credit hold in this tenant (never reserved, or its record expired)."""
+
+
+class LeadStoreUnavailable(CrmCacheError):
+    """The leads database could not be reached or did not answer in time."""
+
+
+class InvalidEvent(CrmCacheError):
+    """A pub/sub message that breaks the event contract; `reason` says how."""
+
+    def __init__(self, reason: str, tenant: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.tenant = tenant
+
+
 class StaleDataTooOld(StoreUnavailable):
     """Redis is unreachable and the reader's last-known-good copy is older than the configured
     maximum age (CRM_DEGRADED_MAX_AGE): the reader refuses to answer rather than guess."""
@@ -57,18 +74,6 @@ class InsufficientCredits(CrmCacheError):
         self.required = required
 
 
-class IdempotencyConflict(CrmCacheError):
-    """An idempotency key replayed with a different request; nothing was charged."""
-
-
-class BalanceUnknown(CrmCacheError):
-    """The user's balance is neither cached nor obtainable from the Wrapper (unknown user)."""
-
-
-class HoldNotFound(CrmCacheError):
-    """No such credit hold in this tenant (never reserved, or its record expired)."""
-
-
 class HoldClosed(CrmCacheError):
     """The hold can no longer do what was asked: `state` is committed, voided or expired."""
 
@@ -76,10 +81,6 @@ class HoldClosed(CrmCacheError):
         super().__init__(f"hold {hold_id} is {state}")
         self.hold_id = hold_id
         self.state = state
-
-
-class LeadStoreUnavailable(CrmCacheError):
-    """The leads database could not be reached or did not answer in time."""
 
 
 class TokenNotReached(CrmCacheError):

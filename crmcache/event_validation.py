@@ -102,34 +102,39 @@ def _require_id_list(data: Mapping[str, Any], name: str, *, required: bool) -> N
 
 def optional_id(envelope: Mapping[str, Any], name: str) -> str | None:
     """An envelope id as stored (integers as their decimal text), or None when absent."""
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not _is_id(value):
-        raise InvalidEvent(f"{name} must be a non-empty string or an integer")
-    return str(value)
+    value = _optional(envelope, name, _is_id, "a non-empty string or an integer")
+    return None if value is None else str(value)
 
 
 def optional_count(envelope: Mapping[str, Any], name: str) -> int | None:
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not _is_int(value) or not 0 <= value < 2**53:
-        raise InvalidEvent(f"{name} must be a non-negative integer below 2**53")
-    return int(value)
+    value = _optional(envelope, name, _is_count, "a non-negative integer below 2**53")
+    return None if value is None else int(value)
 
 
 def optional_timestamp(envelope: Mapping[str, Any], name: str) -> str | None:
-    value = envelope.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{name} must be an ISO-8601 string")
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidEvent(f"{name} {value[:40]!r} is not ISO-8601") from None
+    value: str | None = _optional(
+        envelope, name, lambda v: isinstance(v, str), "an ISO-8601 string"
+    )
+    if value is not None:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"{name} {value[:40]!r} is not ISO-8601") from None
     return value
+
+
+def _optional(
+    envelope: Mapping[str, Any], name: str, valid: Callable[[Any], bool], expected: str
+) -> Any:
+    """The envelope's ``name``, None when absent; InvalidEvent when present but not ``valid``."""
+    value = envelope.get(name)
+    if value is not None and not valid(value):
+        raise InvalidEvent(f"{name} must be {expected}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return _is_int(value) and 0 <= value < 2**53
 
 
 def _require_numbers(

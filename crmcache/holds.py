@@ -27,8 +27,8 @@ from crmcache.credits import (
     SETTLE_SCHEDULED_TTL_MS,
     Number,
     as_number,
-    fingerprint,
-    format_amount,
+    checked_request,
+    request_fields,
     utc_now_iso,
     validate_key,
     with_balance,
@@ -41,6 +41,7 @@ from crmcache.errors import (
 )
 from crmcache.keyspace import OUTBOX_GROUP, TenantKeys
 from crmcache.store import Store
+from crmcache.store_base import text, text_pairs
 from crmcache.wrapper import WrapperClient
 
 HOLD_ID_PREFIX = "hold_"
@@ -75,9 +76,7 @@ class Hold:
     def from_record(cls, record: dict[str, str], *, replayed: bool, open: bool) -> Hold:
         return cls(
             hold_id=record["holdId"],
-            user_id=record["userId"],
-            operation=record["operationCode"],
-            amount=as_number(record["amount"]),
+            **request_fields(record),
             available=as_number(record["available"]),
             deadline_ms=int(record["deadlineMs"]),
             idempotency_key=record["idempotencyKey"],
@@ -116,12 +115,7 @@ def _keys(tenant: str, user_id: str, hold_id: str, idempotency_key: str) -> list
 
 def _run(store: Store, tenant: str, keys: list[str], args: list[Any]) -> list[Any]:
     reply: list[Any] = store.run_credit_script("credit_holds", tenant, keys, args)
-    return [part.decode() if isinstance(part, bytes) else part for part in reply]
-
-
-def _pairs(flat: list[bytes]) -> dict[str, str]:
-    text = [part.decode() for part in flat]
-    return dict(zip(text[::2], text[1::2], strict=True))
+    return [text(part) for part in reply]
 
 
 def reserve(
@@ -129,9 +123,9 @@ def reserve(
     wrapper: WrapperClient,
     tenant: str,
     *,
+    amount: Number | str,
     user_id: str,
     operation: str,
-    amount: Number | str,
     idempotency_key: str,
     timeout_s: float,
     ttl_s: int,
@@ -143,10 +137,9 @@ def reserve(
 
     Raises InsufficientCredits, IdempotencyConflict, BalanceUnknown (the Wrapper knows no such
     user) or StoreUnavailable (fail closed). `read_through` as in ``credits.deduct``."""
-    amount_text = format_amount(amount)
-    key = validate_key(idempotency_key)
-    if request_fingerprint is None:
-        request_fingerprint = fingerprint(["reserve", user_id, operation, amount_text])
+    amount_text, key, request_fingerprint = checked_request(
+        user_id, operation, amount, idempotency_key, request_fingerprint, "reserve"
+    )
     hold_id = new_hold_id()
     keys = _keys(tenant, user_id, hold_id, key)
     args = [
@@ -190,7 +183,7 @@ def _held(reply: list[Any], args: list[Any]) -> Hold | None:
             available_before=as_number(before),
         )
     if outcome == "replay":
-        return Hold.from_record(_pairs(reply[1]), replayed=True, open=reply[2] == 1)
+        return Hold.from_record(text_pairs(reply[1]), replayed=True, open=reply[2] == 1)
     if outcome == "conflict":
         raise IdempotencyConflict(_CONFLICT)
     if outcome == "insufficient":
@@ -222,7 +215,7 @@ def hold_status(store: Store, tenant: str, hold_id: str, *, ttl_s: int) -> dict[
     reply = store.run_credit_script("credit_holds", tenant, keys, args)
     if not reply[1]:
         raise HoldNotFound(f"no hold {hold_id!r}")
-    return _pairs(reply[1])
+    return text_pairs(reply[1])
 
 
 def commit(
@@ -257,7 +250,7 @@ def commit(
     if outcome == "committed":
         return Committed(hold_id, deduction_id, result_ref, False, settle_now=reply[2] == 1)
     if outcome == "replay":
-        stored = _pairs(reply[1])
+        stored = text_pairs(reply[1])
         return Committed(hold_id, stored["deductionId"], stored.get("resultRef", ""), True)
     if outcome == "conflict":
         raise IdempotencyConflict(f"hold {hold_id} belongs to another result")

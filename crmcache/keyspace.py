@@ -84,11 +84,16 @@ preloads ask the Wrapper at once across all workers).
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Generic, Self, TypeVar, overload
 
 from crmcache.tenancy import is_valid_tenant, validate_tenant
+
+T = TypeVar("T")
 
 STREAMS = ("credit-configs", "roles", "users", "hierarchy", "configs")
 """Input streams: the Wrapper publishes on ``crm:<tenant>:<stream>``."""
@@ -184,6 +189,53 @@ def schedule_guard(job: str) -> str:
     return f"crm:schedule:{job}"
 
 
+class _Named(Generic[T]):
+    """A name of one tenant's (its key or channel) read as an attribute of ``TenantKeys``;
+    built on first use, then kept in the instance (one per tenant: ``TenantKeys.of``)."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.attribute = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = name
+
+    def of(self, keys: TenantKeys) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __get__(self, keys: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, keys: TenantKeys, owner: type) -> T: ...
+    def __get__(self, keys: TenantKeys | None, owner: type) -> Self | T:
+        if keys is None:
+            return self
+        value = keys.__dict__[self.attribute] = self.of(keys)  # frozen: not through setattr
+        return value
+
+
+class _Key(_Named[str]):
+    """``crm:{tenant}:<suffix>``."""
+
+    def of(self, keys: TenantKeys) -> str:
+        return f"{keys.prefix}:{self.suffix}"
+
+
+class _KeyOf(_Named[Callable[[str], str]]):
+    """One key per entity, ``crm:{tenant}:<suffix>:<id>``: ``keys.balance(user_id)``."""
+
+    def of(self, keys: TenantKeys) -> Callable[[str], str]:
+        prefix = f"{keys.prefix}:{self.suffix}:"
+        return lambda entity_id: prefix + entity_id
+
+
+class _Channel(_Named[str]):
+    """A pub/sub channel, ``crm:<tenant>:<suffix>`` (no hash tag)."""
+
+    def of(self, keys: TenantKeys) -> str:
+        return f"{CHANNEL_PREFIX}{keys.tenant}:{self.suffix}"
+
+
 @dataclass(frozen=True)
 class TenantKeys:
     """Every key of one tenant. Build with ``TenantKeys.of(tenant)``; the id is validated."""
@@ -201,36 +253,17 @@ class TenantKeys:
     def stamps(self, data_class: DataClass) -> str:
         return f"{self.prefix}:stamps:{data_class.value}"
 
-    @property
-    def meta(self) -> str:
-        return f"{self.prefix}:meta"
-
-    @property
-    def seq(self) -> str:
-        return f"{self.prefix}:seq"
-
-    @property
-    def event_ids(self) -> str:
-        return f"{self.prefix}:event-ids"
-
-    @property
-    def upstream_pending(self) -> str:
-        """``<stream>:<prev>`` -> upstream seq of an event applied before the event it follows
-        on its stream (apply_events.lua advances ``upstream-seq:<stream>`` through them)."""
-        return f"{self.prefix}:upstream-pending"
-
-    @property
-    def applied_batches(self) -> str:
-        """Recently applied batches, by their highest receipt stamp (apply_events.lua)."""
-        return f"{self.prefix}:applied-batches"
-
-    @property
-    def changes_channel(self) -> str:
-        return f"{CHANNEL_PREFIX}{self.tenant}{CHANGES_SUFFIX}"
-
-    @property
-    def metrics_channel(self) -> str:
-        return f"{CHANNEL_PREFIX}{self.tenant}:metrics"
+    meta = _Key("meta")
+    seq = _Key("seq")
+    event_ids = _Key("event-ids")
+    upstream_pending = _Key("upstream-pending")
+    """``<stream>:<prev>`` -> upstream seq of an event applied before the event it follows
+    on its stream (apply_events.lua advances ``upstream-seq:<stream>`` through them)."""
+    applied_batches = _Key("applied-batches")
+    """Recently applied batches, by their highest receipt stamp (apply_events.lua)."""
+    changes_channel = _Channel(CHANGES_SUFFIX[1:])
+    metrics_channel = _Channel("metrics")
+    credits_low_channel = _Channel("credits-low")
 
     def channel(self, stream: str) -> str:
         if stream not in STREAMS:
@@ -243,55 +276,24 @@ class TenantKeys:
     def lease(self, kind: RefKind, entity_id: str) -> str:
         return f"{self.prefix}:lease:{kind.value}:{entity_id}"
 
-    def balance(self, user_id: str) -> str:
-        """The user's available credits, as cached: read through from the Wrapper once, then
-        kept by deductions (deduct_credits.lua) and top-up events (user-credits-changed)."""
-        return f"{self.prefix}:balance:{user_id}"
-
-    @property
-    def metrics(self) -> str:
-        """Readers' cumulative counters and latency buckets for this tenant."""
-        return f"{self.prefix}:metrics"
-
-    @property
-    def metrics_snapshot(self) -> str:
-        return f"{self.prefix}:metrics:snapshot"
-
-    @property
-    def preload_request(self) -> str:
-        return f"{self.prefix}:preload-request"
-
-    def idempotency(self, key: str) -> str:
-        """The idempotency record of one client-chosen key (see credits.validate_key)."""
-        return f"{self.prefix}:idempotency:{key}"
-
-    def hold(self, hold_id: str) -> str:
-        """One reservation's record (see lua/credit_holds.lua)."""
-        return f"{self.prefix}:hold:{hold_id}"
-
-    def holds(self, user_id: str) -> str:
-        """The user's open holds: holdId -> JSON; the amounts sum to what is held."""
-        return f"{self.prefix}:holds:{user_id}"
-
-    def hold_deadlines(self, user_id: str) -> str:
-        return f"{self.prefix}:hold-deadlines:{user_id}"
-
-    @property
-    def hold_users(self) -> str:
-        """Users with open holds -> their earliest deadline: the reconciler's work list."""
-        return f"{self.prefix}:hold-users"
-
-    @property
-    def credits_low_channel(self) -> str:
-        return f"{CHANNEL_PREFIX}{self.tenant}:credits-low"
-
-    @property
-    def credit_outbox(self) -> str:
-        return f"{self.prefix}:credit-outbox"
-
-    @property
-    def settle_scheduled(self) -> str:
-        return f"{self.prefix}:settle-scheduled"
+    balance = _KeyOf("balance")
+    """The user's available credits, as cached: read through from the Wrapper once, then
+    kept by deductions (deduct_credits.lua) and top-up events (user-credits-changed)."""
+    metrics = _Key("metrics")
+    """Readers' cumulative counters and latency buckets for this tenant."""
+    metrics_snapshot = _Key("metrics:snapshot")
+    preload_request = _Key("preload-request")
+    idempotency = _KeyOf("idempotency")
+    """The idempotency record of one client-chosen key (see credits.validate_key)."""
+    hold = _KeyOf("hold")
+    """One reservation's record (see lua/credit_holds.lua)."""
+    holds = _KeyOf("holds")
+    """The user's open holds: holdId -> JSON; the amounts sum to what is held."""
+    hold_deadlines = _KeyOf("hold-deadlines")
+    hold_users = _Key("hold-users")
+    """Users with open holds -> their earliest deadline: the reconciler's work list."""
+    credit_outbox = _Key("credit-outbox")
+    settle_scheduled = _Key("settle-scheduled")
 
     def ref_pattern(self, kind: RefKind) -> str:
         """SCAN MATCH pattern of this tenant's reference entries of one kind."""
@@ -326,7 +328,14 @@ def parse_input_channel(channel: str) -> tuple[str, str]:
     return tenant, stream
 
 
+_LUA_INCLUDE = re.compile(r"^--@include ([a-z_]+)$", re.MULTILINE)
+
+
 @cache
 def lua_source(name: str) -> str:
-    """The text of ``crmcache/lua/<name>.lua``."""
-    return resources.files("crmcache").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The text of ``crmcache/lua/<name>.lua``, each ``--@include <lib>`` line replaced by
+    ``crmcache/lua/lib/<lib>.lua`` (Redis runs one self-contained script; the scripts that do
+    the same step share its function instead of a copy)."""
+    lua = resources.files("crmcache").joinpath("lua")
+    source = lua.joinpath(f"{name}.lua").read_text("utf-8")
+    return _LUA_INCLUDE.sub(lambda m: lua.joinpath("lib", f"{m[1]}.lua").read_text("utf-8"), source)

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from crmcache.camel import camel_fields
 from crmcache.errors import LeadStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,8 @@ class Lead:
     charged: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "leadId": self.lead_id,
-            "userId": self.user_id,
-            "leadData": self.lead_data,
-            "createdAt": self.created_at,
-            "creditsDeducted": self.credits,
-        }
+        shown = camel_fields(self, "lead_id", "user_id", "lead_data", "created_at")
+        return {**shown, "creditsDeducted": self.credits}
 
 
 def make_engine(url: str) -> Engine:
@@ -123,45 +119,41 @@ class LeadStore:
 
     def insert(self, lead: Lead) -> bool:
         """Write the lead; False when its id exists already (written before, or a tombstone)."""
-        row = {
-            "tenant": lead.tenant,
-            "lead_id": lead.lead_id,
-            "status": ACTIVE,
-            "user_id": lead.user_id,
-            "hold_id": lead.hold_id,
-            "credits": lead.credits,
-            "lead_data": lead.lead_data,
-            "created_at": lead.created_at,
-            "created_ms": int(time.time() * 1000),
-            "charged": False,
-        }
-        try:
-            with self._connect() as conn:
-                conn.execute(leads.insert().values(**row))
-        except IntegrityError:
-            return False
-        return True
+        return self._insert_new(
+            tenant=lead.tenant,
+            lead_id=lead.lead_id,
+            status=ACTIVE,
+            user_id=lead.user_id,
+            hold_id=lead.hold_id,
+            credits=lead.credits,
+            lead_data=lead.lead_data,
+            created_at=lead.created_at,
+        )
 
     def tombstone(self, tenant: str, lead_id: str, hold_id: str) -> bool:
         """Claim `lead_id` for nothing, so no lead can take it later: True when claimed, False
         when the lead exists (then its hold must be committed, not voided)."""
-        row = {
-            "tenant": tenant,
-            "lead_id": lead_id,
-            "status": VOID,
-            "user_id": "",
-            "hold_id": hold_id,
-            "credits": "0",
-            "lead_data": None,
-            "created_at": "",
-            "created_ms": int(time.time() * 1000),
-            "charged": False,
-        }
+        claimed = self._insert_new(
+            tenant=tenant,
+            lead_id=lead_id,
+            status=VOID,
+            user_id="",
+            hold_id=hold_id,
+            credits="0",
+            lead_data=None,
+            created_at="",
+        )
+        return claimed or self.status(tenant, lead_id) == VOID
+
+    def _insert_new(self, **row: Any) -> bool:
+        """Insert a row of a lead id not used yet (uncharged, created now); False when used."""
         try:
             with self._connect() as conn:
-                conn.execute(leads.insert().values(**row))
+                conn.execute(
+                    leads.insert().values(**row, created_ms=int(time.time() * 1000), charged=False)
+                )
         except IntegrityError:
-            return self.status(tenant, lead_id) == VOID
+            return False
         return True
 
     def status(self, tenant: str, lead_id: str) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmcache.camel import camel_fields
 from crmcache.errors import InvalidEvent
 from crmcache.events import FieldWrite, parse_envelope, plan_writes
 from crmcache.keyspace import DataClass
@@ -40,16 +41,8 @@ class PreloadReport:
     """The consistency token of the tenant's data once marked ready ("" when superseded)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "snapshotSeq": self.snapshot_seq,
-            "written": self.written,
-            "removed": self.removed,
-            "skipped": self.skipped[:20],
-            "skippedCount": len(self.skipped),
-            "superseded": self.superseded,
-            "token": self.token,
-        }
+        shown = {"skipped": self.skipped[:20], "skippedCount": len(self.skipped)}
+        return {**camel_fields(self), **shown}
 
 
 def snapshot_writes(

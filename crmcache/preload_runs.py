@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crmcache import keyspace
+from crmcache.camel import camel_fields
 from crmcache.errors import WrapperUnavailable
 from crmcache.store import Store, now_ms, translate_errors
 
@@ -41,16 +42,7 @@ class RunProgress:
         return self.finished_ms is not None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "total": self.total,
-            "done": self.done,
-            "failed": self.failed,
-            "retried": self.retried,
-            "startedMs": self.started_ms,
-            "finishedMs": self.finished_ms,
-            "failures": self.failures,
-        }
+        return camel_fields(self)
 
 
 def start_run(store: Store, tenants: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from crmcache import credits, holds
@@ -51,21 +51,16 @@ class ReconcileReport:
         return {**self.__dict__, "unpaid": len(self.unpaid)}
 
 
+@dataclass
 class Reconciler:
-    def __init__(
-        self,
-        store: Store,
-        wrapper: WrapperClient,
-        lead_store: LeadStore,
-        *,
-        timeout_s: float,
-        ttl_s: int,
-    ) -> None:
-        self.store = store
-        self.wrapper = wrapper
-        self.lead_store = lead_store
-        self.timeout_s = timeout_s
-        self.ttl_s = ttl_s
+    store: Store
+    wrapper: WrapperClient
+    lead_store: LeadStore
+    _: KW_ONLY
+    timeout_s: float
+    """A hold's timeout (CRM_HOLD_TIMEOUT): a lead older than it by CHARGE_GRACE_MS is checked."""
+    ttl_s: int
+    """How long a direct charge's idempotency record is kept."""
 
     def reconcile(self, tenant: str, limit: int = 1000) -> ReconcileReport:
         report = ReconcileReport()

@@ -59,14 +59,21 @@ def translate_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Redis unavailable: {exc}") from None
 
 
-def text(value: bytes | str) -> str:
-    """A Redis reply (bytes from a client without ``decode_responses``) as text."""
-    return value.decode() if isinstance(value, bytes) else value
+def text(value: bytes | str, errors: str = "strict") -> str:
+    """A Redis reply (bytes from a client without ``decode_responses``) as text; ``errors``
+    as for ``bytes.decode`` ("replace" where a value may not be ours, e.g. a dead letter)."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else value
 
 
 def text_map(raw: dict[Any, Any]) -> dict[str, str]:
     """A hash reply (HGETALL, a stream entry's fields) as text."""
     return {text(k): text(v) for k, v in raw.items()}
+
+
+def text_pairs(flat: list[Any]) -> dict[str, str]:
+    """A flat ``[field, value, ...]`` reply (HGETALL inside a Lua script) as text."""
+    parts = [text(part) for part in flat]
+    return dict(zip(parts[::2], parts[1::2], strict=True))
 
 
 def now_ms() -> int:

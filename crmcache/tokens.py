@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crmcache.keyspace import STREAMS
+from crmcache.store_base import text as redis_text
 
 VERSION_PREFIX = "v1"
 _EPOCH_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -41,7 +42,10 @@ class InvalidToken(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class VersionToken:
+    """``v1.<epoch>.<version>``: the tenant's data at ``meta.version`` or later."""
+
     epoch: str
+    """``meta.epoch``: a random id that a Redis which lost its data does not have any more."""
     version: int
 
     def __str__(self) -> str:
@@ -50,6 +54,8 @@ class VersionToken:
 
 @dataclass(frozen=True, slots=True)
 class SeqToken:
+    """``<stream>:<seq>``: the Wrapper's events on ``stream`` applied up to its ``seq``."""
+
     stream: str
     seq: int
 
@@ -63,8 +69,8 @@ Token = VersionToken | SeqToken
 def version_token(epoch: bytes | str | None, version: int | bytes | str | None) -> str:
     """The token of ``version`` in ``epoch`` ("" when the tenant has no epoch yet), both as
     Redis answers them."""
-    text = epoch.decode() if isinstance(epoch, bytes) else (epoch or "")
-    return str(VersionToken(text, int(version or 0))) if text else ""
+    current = redis_text(epoch or "")
+    return str(VersionToken(current, int(version or 0))) if current else ""
 
 
 def parse_token(text: str) -> Token:
@@ -104,7 +110,7 @@ def satisfies(
     contiguous upstream seq applied per stream in ``upstream``, is at or past ``token``."""
     if isinstance(token, SeqToken):
         return (upstream or {}).get(token.stream, 0) >= token.seq
-    current = epoch.decode() if isinstance(epoch, bytes) else (epoch or "")
+    current = redis_text(epoch or "")
     if current == token.epoch:
         return version >= token.version
     return ready and bool(current)

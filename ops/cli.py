@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from config.settings import ConfigError, get_settings
 from crmcache.logging_config import configure_logging
 from ops.commands import COMMANDS
+from ops.commands._common import Exit
 from ops.dev import devstate
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
     except ConfigError as exc:
         print(f"crmcache: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     configure_logging(settings.log_level, settings.log_format)
     try:
         return int(args.handler(args, settings))
     except ConfigError as exc:
         print(f"crmcache: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except KeyboardInterrupt:
-        return EXIT_FAILED
+        return Exit.FAILED

@@ -12,14 +12,16 @@ import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent
 from crmcache.event_validation import EventLimits
 from crmcache.events import parse_message
+from crmcache.store_base import text, translate_errors
+
+if TYPE_CHECKING:
+    import redis
 
 ENTRY_ID = re.compile(r"^\d+-\d+$")
 
@@ -49,10 +51,10 @@ class DeadLetter:
                 return 0
 
         return cls(
-            id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
-            reason=field("reason").decode("utf-8", "replace"),
-            channel=field("channel").decode("utf-8", "replace"),
-            tenant=field("tenant").decode("utf-8", "replace"),
+            id=text(entry_id),
+            reason=text(field("reason"), "replace"),
+            channel=text(field("channel"), "replace"),
+            tenant=text(field("tenant"), "replace"),
             size=number("size"),
             raw=field("raw"),
             at_ms=number("at-ms"),
@@ -104,6 +106,7 @@ def is_entry_id(value: str) -> bool:
     return bool(ENTRY_ID.match(value))
 
 
+@translate_errors()
 def list_entries(
     client: redis.Redis, limit: int, tenant: str | None = None, oldest_first: bool = False
 ) -> list[DeadLetter]:
@@ -125,6 +128,7 @@ def list_entries(
     return found[:limit]
 
 
+@translate_errors()
 def get_entry(client: redis.Redis, entry_id: str) -> DeadLetter | None:
     page = client.xrange(keyspace.DEAD_LETTERS, min=entry_id, max=entry_id, count=1)
     if not page:
@@ -133,6 +137,7 @@ def get_entry(client: redis.Redis, entry_id: str) -> DeadLetter | None:
     return DeadLetter.from_stream(found_id, fields)
 
 
+@translate_errors()
 def replay(client: redis.Redis, entry: DeadLetter, limits: EventLimits) -> ReplayResult:
     """Validate, PUBLISH on the entry's channel, then delete the entry if someone received it."""
     if not entry.channel:
@@ -150,6 +155,7 @@ def replay(client: redis.Redis, entry: DeadLetter, limits: EventLimits) -> Repla
     return ReplayResult(entry.id, "replayed", entry.channel, receivers)
 
 
+@translate_errors()
 def purge(client: redis.Redis) -> int:
     """Delete every stored entry; returns how many there were. The total count is kept."""
     pipe = client.pipeline(transaction=True)

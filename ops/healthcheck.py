@@ -26,21 +26,17 @@ import urllib.request
 TIMEOUT = 5.0
 
 
-def _cache() -> object:
-    from config.settings import settings_or_exit
-    from crmcache.redis_client import make_redis
-
-    return make_redis(settings_or_exit("healthcheck").cache_url, socket_timeout=TIMEOUT)
-
-
 def check_redis() -> str | None:
-    import redis
+    from config.settings import settings_or_exit
+    from crmcache.errors import StoreUnavailable
+    from crmcache.redis_client import make_redis
+    from crmcache.store_base import translate_errors
 
-    client = _cache()
-    assert isinstance(client, redis.Redis)
+    client = make_redis(settings_or_exit("healthcheck").cache_url, socket_timeout=TIMEOUT)
     try:
-        client.ping()
-    except redis.RedisError as exc:
+        with translate_errors():
+            client.ping()
+    except StoreUnavailable as exc:
         return f"redis: {exc}"
     finally:
         client.close()

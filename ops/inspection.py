@@ -8,49 +8,57 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from crmcache import keyspace
-from crmcache.keyspace import DATA_CLASSES, RefKind, TenantKeys
+from crmcache.keyspace import (
+    DATA_CLASSES,
+    META_LAST_EVENT_MS,
+    META_LAST_PRELOAD_MS,
+    META_READY,
+    META_VERSION,
+    RefKind,
+    TenantKeys,
+)
+from crmcache.store_base import text, text_map, translate_errors
+
+if TYPE_CHECKING:
+    import redis
 
 HIT_RATE_FIELDS = ("criticalHitRate", "referenceHitRate", "overallHitRate", "totalRequests")
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _number(value: Any) -> int | None:
     try:
-        return int(float(_text(value)))
+        return int(float(text(value)))
     except (TypeError, ValueError):
         return None
 
 
 def decode_value(raw: Any) -> Any:
     """A cached value as JSON when it is JSON (costs, permission lists), else as text."""
-    text = _text(raw)
+    shown = text(raw, "replace")
     try:
-        return json.loads(text)
+        return json.loads(shown)
     except ValueError:
-        return text
+        return shown
 
 
+@translate_errors()
 def known_tenants(client: redis.Redis, settings: Settings) -> list[str]:
     """CRM_TENANTS, else every tenant that has a meta hash in the cache."""
     if settings.tenants:
         return list(settings.tenants)
     found = set()
     for key in client.scan_iter(match=keyspace.TENANT_META_PATTERN, count=1000):
-        tenant = keyspace.tenant_of_meta_key(_text(key))
+        tenant = keyspace.tenant_of_meta_key(text(key))
         if tenant:
             found.add(tenant)
     return sorted(found)
 
 
+@translate_errors()
 def tenant_status(client: redis.Redis, tenant: str) -> dict[str, Any]:
     """Readiness, entries per data class, last event/preload times, hit rates (if published)."""
     keys = TenantKeys.of(tenant)
@@ -60,14 +68,14 @@ def tenant_status(client: redis.Redis, tenant: str) -> dict[str, Any]:
         pipe.hlen(keys.values(data_class))
     pipe.get(keys.metrics_snapshot)
     meta_raw, *counts, snapshot_raw = pipe.execute()
-    meta = {_text(k): _text(v) for k, v in meta_raw.items()}
+    meta = text_map(meta_raw)
     return {
         "tenant": tenant,
-        "ready": meta.get("ready") == "1",
-        "version": _number(meta.get("version")),
+        "ready": meta.get(META_READY) == "1",
+        "version": _number(meta.get(META_VERSION)),
         "entries": {dc.value: int(n) for dc, n in zip(DATA_CLASSES, counts, strict=True)},
-        "lastEventMs": _number(meta.get("last-event-ms")),
-        "lastPreloadMs": _number(meta.get("last-preload-ms")),
+        "lastEventMs": _number(meta.get(META_LAST_EVENT_MS)),
+        "lastPreloadMs": _number(meta.get(META_LAST_PRELOAD_MS)),
         "hitRates": _hit_rates(snapshot_raw),
     }
 
@@ -77,7 +85,7 @@ def _hit_rates(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        snapshot = json.loads(_text(raw))
+        snapshot = json.loads(text(raw))
     except ValueError:
         return None
     if not isinstance(snapshot, dict):
@@ -94,6 +102,7 @@ def _hit_rates(raw: Any) -> dict[str, Any] | None:
     return rates
 
 
+@translate_errors()
 def dead_letter_summary(client: redis.Redis) -> dict[str, int]:
     pipe = client.pipeline(transaction=False)
     pipe.xlen(keyspace.DEAD_LETTERS)
@@ -102,10 +111,11 @@ def dead_letter_summary(client: redis.Redis) -> dict[str, int]:
     return {"stored": int(pending), "total": _number(total) or 0}
 
 
+@translate_errors()
 def active_subscriber(client: redis.Redis) -> dict[str, Any]:
     holder = client.get(keyspace.LEADER)
     ttl_ms = client.pttl(keyspace.LEADER) if holder else None
-    return {"active": _text(holder) if holder else None, "leaseTtlMs": ttl_ms}
+    return {"active": text(holder) if holder else None, "leaseTtlMs": ttl_ms}
 
 
 def worker_names(settings: Settings, timeout: float) -> list[str] | None:
@@ -139,6 +149,7 @@ def stack_status(
     }
 
 
+@translate_errors()
 def watch_sample(client: redis.Redis, tenants: list[str]) -> dict[str, Any]:
     """What ``status --watch`` shows, read in one round trip: per tenant readiness, last event,
     the receipt sequence (events received: its growth is the event rate), readers' counters
@@ -146,7 +157,7 @@ def watch_sample(client: redis.Redis, tenants: list[str]) -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     for tenant in tenants:
         keys = TenantKeys.of(tenant)
-        pipe.hmget(keys.meta, ["ready", "last-event-ms"])
+        pipe.hmget(keys.meta, [META_READY, META_LAST_EVENT_MS])
         pipe.get(keys.seq)
         pipe.hgetall(keys.metrics)
         pipe.xrange(keys.credit_outbox, count=1)
@@ -160,26 +171,27 @@ def watch_sample(client: redis.Redis, tenants: list[str]) -> dict[str, Any]:
     for index, tenant in enumerate(tenants):
         meta, seq, counters, oldest, outbox = per_tenant[index * 5 : index * 5 + 5]
         sample["tenants"][tenant] = {
-            "ready": _text(meta[0]) == "1" if meta[0] is not None else False,
+            "ready": text(meta[0]) == "1" if meta[0] is not None else False,
             "lastEventMs": _number(meta[1]),
             "received": _number(seq) or 0,
-            "counters": {_text(k): _number(v) or 0 for k, v in counters.items()},
+            "counters": {text(k): _number(v) or 0 for k, v in counters.items()},
             "outbox": int(outbox),
-            "oldestUnsettledMs": _number(_text(oldest[0][0]).split("-")[0]) if oldest else None,
+            "oldestUnsettledMs": _number(text(oldest[0][0]).split("-")[0]) if oldest else None,
         }
     sample["deadLetters"] = {"stored": int(stored), "total": _number(total) or 0}
-    sample["subscriber"] = _text(leader) if leader else None
+    sample["subscriber"] = text(leader) if leader else None
     return sample
 
 
 # --- inspect -----------------------------------------------------------------------------------
 
 
+@translate_errors()
 def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, Any]:
     """Everything cached for `tenant`: critical data with stamps and tombstones, metadata,
     reference entries with their TTLs, balances, and credit bookkeeping counts."""
     keys = TenantKeys.of(tenant)
-    meta = {_text(k): _text(v) for k, v in client.hgetall(keys.meta).items()}
+    meta = text_map(client.hgetall(keys.meta))
     classes = {dc.value: _class_contents(client, keys, dc, limit) for dc in DATA_CLASSES}
     for name, contents in classes.items():
         # Fields without a stamp were written by a snapshot at or below this sequence.
@@ -193,7 +205,7 @@ def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, A
     seq, event_ids, holding, outbox = pipe.execute()
     return {
         "tenant": tenant,
-        "ready": meta.get("ready") == "1",
+        "ready": meta.get(META_READY) == "1",
         "meta": meta,
         "sequence": _number(seq),
         "rememberedEventIds": int(event_ids),
@@ -208,8 +220,8 @@ def tenant_contents(client: redis.Redis, tenant: str, limit: int) -> dict[str, A
 def _class_contents(
     client: redis.Redis, keys: TenantKeys, data_class: keyspace.DataClass, limit: int
 ) -> dict[str, Any]:
-    values = {_text(k): v for k, v in client.hgetall(keys.values(data_class)).items()}
-    stamps = {_text(k): _text(v) for k, v in client.hgetall(keys.stamps(data_class)).items()}
+    values = {text(k): v for k, v in client.hgetall(keys.values(data_class)).items()}
+    stamps = text_map(client.hgetall(keys.stamps(data_class)))
     entries = [
         {"field": name, "value": decode_value(values[name]), "stamp": stamps.get(name)}
         for name in sorted(values)[:limit]
@@ -228,14 +240,14 @@ def _refs(client: redis.Redis, keys: TenantKeys, kind: RefKind, limit: int) -> l
     prefix = pattern[:-1]
     found = []
     for key in client.scan_iter(match=pattern, count=500):
-        found.append(_text(key))
+        found.append(text(key))
         if len(found) >= limit:
             break
     entries = []
     for key in sorted(found):
-        kind_of = _text(client.type(key))
+        kind_of = text(client.type(key))
         if kind_of == "hash":
-            raw = {_text(k): v for k, v in client.hgetall(key).items()}
+            raw = {text(k): v for k, v in client.hgetall(key).items()}
             body: Any = {k: decode_value(v) for k, v in raw.items()}
         else:
             body = decode_value(client.get(key) or b"")
@@ -261,8 +273,8 @@ def _balances(client: redis.Redis, keys: TenantKeys, limit: int) -> dict[str, st
     prefix = keys.balance_pattern[:-1]
     balances: dict[str, str] = {}
     for key in client.scan_iter(match=keys.balance_pattern, count=500):
-        name = _text(key)
-        balances[name[len(prefix) :]] = _text(client.get(name) or b"")
+        name = text(key)
+        balances[name[len(prefix) :]] = text(client.get(name) or b"")
         if len(balances) >= limit:
             break
     return dict(sorted(balances.items()))

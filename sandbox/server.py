@@ -12,7 +12,6 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 import redis
@@ -102,12 +101,7 @@ class SandboxWrapper:
     def __enter__(self) -> SandboxWrapper:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def sleep(self, seconds: float) -> None:
@@ -194,9 +188,6 @@ class SandboxWrapper:
     ) -> dict[str, Any]:
         return self._change(lambda: self.state.set_credit_cost(tenant, op, cost), publish)
 
-    def delete_credit_cost(self, tenant: str, op: str, *, publish: bool = True) -> dict[str, Any]:
-        return self._change(lambda: self.state.delete_credit_cost(tenant, op), publish)
-
     def set_role(
         self,
         tenant: str,
@@ -209,9 +200,6 @@ class SandboxWrapper:
         return self._change(
             lambda: self.state.set_role(tenant, role_id, permissions, role_name), publish
         )
-
-    def delete_role(self, tenant: str, role_id: str, *, publish: bool = True) -> dict[str, Any]:
-        return self._change(lambda: self.state.delete_role(tenant, role_id), publish)
 
     def set_user(
         self,
@@ -227,9 +215,6 @@ class SandboxWrapper:
             lambda: self.state.set_user(tenant, user_id, status, roles, profile), publish
         )
 
-    def delete_user(self, tenant: str, user_id: str, *, publish: bool = True) -> dict[str, Any]:
-        return self._change(lambda: self.state.delete_user(tenant, user_id), publish)
-
     def set_hierarchy(
         self,
         tenant: str,
@@ -243,18 +228,27 @@ class SandboxWrapper:
             lambda: self.state.set_hierarchy(tenant, entity_id, node, affected), publish
         )
 
+    def top_up_credits(
+        self, tenant: str, user_id: str, amount: float, *, publish: bool = True
+    ) -> dict[str, Any]:
+        """Add ``amount`` (negative: remove) to the balance; publishes user-credits-changed."""
+        return self._change(lambda: self.state.top_up_credits(tenant, user_id, amount), publish)
+
+    def delete_credit_cost(self, tenant: str, op: str, *, publish: bool = True) -> dict[str, Any]:
+        return self._change(lambda: self.state.delete_credit_cost(tenant, op), publish)
+
+    def delete_role(self, tenant: str, role_id: str, *, publish: bool = True) -> dict[str, Any]:
+        return self._change(lambda: self.state.delete_role(tenant, role_id), publish)
+
+    def delete_user(self, tenant: str, user_id: str, *, publish: bool = True) -> dict[str, Any]:
+        return self._change(lambda: self.state.delete_user(tenant, user_id), publish)
+
     def delete_hierarchy(
         self, tenant: str, entity_id: str, affected: Iterable[str] = (), *, publish: bool = True
     ) -> dict[str, Any]:
         return self._change(
             lambda: self.state.delete_hierarchy(tenant, entity_id, affected), publish
         )
-
-    def top_up_credits(
-        self, tenant: str, user_id: str, amount: float, *, publish: bool = True
-    ) -> dict[str, Any]:
-        """Add ``amount`` (negative: remove) to the balance; publishes user-credits-changed."""
-        return self._change(lambda: self.state.top_up_credits(tenant, user_id, amount), publish)
 
     def add_tenant(self, tenant: str, data: Mapping[str, Any] | None = None) -> None:
         """A new tenant (empty unless ``data`` is given); no event: tenants have no stream."""

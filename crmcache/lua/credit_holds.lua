@@ -47,6 +47,8 @@
 -- `available` changing bumps meta.version and publishes it with `written` 0, as a deduction
 -- does, so readers drop the balances they hold.
 
+--@include credits
+
 local balance_key, holds, deadlines, hold_users = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record_key, request_key, outbox, scheduled, meta = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local action, hold_id, user_id, record_ttl, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -131,24 +133,11 @@ local function reserve()
         end
         redis.call('DEL', request_key) -- voided or expired: nothing happened, reserve anew
     end
-    local balance_text = redis.call('GET', balance_key)
-    if not balance_text then
-        return {'no-balance'}
+    local available, balance_text = take_credits(balance_key, amount_text)
+    if not available then
+        return balance_text -- why nothing was taken
     end
-    local balance, amount = tonumber(balance_text), tonumber(amount_text)
-    if balance == nil or amount == nil or amount < 0 then
-        return redis.error_reply('balance and amount must be numbers >= 0')
-    end
-    if balance < amount then
-        return {'insufficient', balance_text}
-    end
-    local available = balance_text
-    if amount > 0 then
-        available = redis.call('INCRBYFLOAT', balance_key, '-' .. amount_text)
-        if tonumber(available) < 0 then
-            available = '0' -- only float rounding of equal decimals gets here
-            redis.call('SET', balance_key, available)
-        end
+    if tonumber(amount_text) > 0 then
         available_moved = true
     end
     local deadline = now + timeout
@@ -178,23 +167,27 @@ local function closed_state()
     return state
 end
 
+-- The open hold `hold_id` (its JSON decoded), or nil and how it ended: 'committed', 'voided',
+-- 'expired', or nil when nothing is known of it.
+local function open_hold()
+    local raw = redis.call('HGET', holds, hold_id)
+    if raw then
+        return cjson.decode(raw)
+    end
+    return nil, closed_state()
+end
+
 local function commit()
     local ref = ARGV[6]
-    local raw = redis.call('HGET', holds, hold_id)
-    if not raw then
-        local state = closed_state()
-        if not state then
-            return {'unknown'}
+    local hold, ended = open_hold()
+    if ended == 'committed' then
+        if redis.call('HGET', record_key, 'resultRef') ~= ref then
+            return {'conflict'}
         end
-        if state == 'committed' then
-            if redis.call('HGET', record_key, 'resultRef') ~= ref then
-                return {'conflict'}
-            end
-            return {'replay', redis.call('HGETALL', record_key)}
-        end
-        return {state}
+        return {'replay', redis.call('HGETALL', record_key)}
+    elseif not hold then
+        return {ended or 'unknown'}
     end
-    local hold = cjson.decode(raw)
     if hold.ref ~= '' and hold.ref ~= ref then
         return {'conflict'}
     end
@@ -202,16 +195,11 @@ local function commit()
     reindex_user()
     local deduction_id, enqueue = ARGV[7], 0
     if tonumber(hold.amount) > 0 then
-        if redis.call('EXISTS', outbox) == 0 then
-            redis.call('XGROUP', 'CREATE', outbox, ARGV[8], '0', 'MKSTREAM')
-        end
-        redis.call('XADD', outbox, '*',
+        local _
+        _, enqueue = append_charge(outbox, ARGV[8], scheduled, ARGV[9],
             'deductionId', deduction_id, 'userId', user_id, 'operationCode', hold.operation,
             'amount', hold.amount, 'occurredAt', ARGV[10], 'idempotencyKey', hold.key,
             'leadId', ref, 'holdId', hold_id)
-        if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[9]) then
-            enqueue = 1
-        end
     end
     mark(record_key, 'state', 'committed', 'resultRef', ref, 'deductionId', deduction_id,
         'committedAt', ARGV[10])
@@ -220,18 +208,13 @@ local function commit()
 end
 
 local function void()
-    local raw = redis.call('HGET', holds, hold_id)
-    if not raw then
-        local state = closed_state()
-        if not state then
+    local hold, ended = open_hold()
+    if not hold then
+        if not ended then
             return {'unknown'}
         end
-        if state == 'committed' then
-            return {'committed'}
-        end
-        return {'replay'}
+        return {ended == 'committed' and 'committed' or 'replay'}
     end
-    local hold = cjson.decode(raw)
     close_open(hold_id)
     reindex_user()
     local available = add_available(hold.amount)
@@ -262,7 +245,6 @@ else
     return redis.error_reply('unknown action ' .. tostring(action))
 end
 if available_moved then
-    local version = redis.call('HINCRBY', meta, 'version', 1)
-    redis.call('PUBLISH', channel, cjson.encode({version = version, written = 0}))
+    balances_changed(meta, channel)
 end
 return reply

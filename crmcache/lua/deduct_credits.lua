@@ -32,6 +32,8 @@
 --   field changed), exactly like a batch of events that changed a balance: readers that keep
 --   balances in their near-cache drop them, and keep their costs and permissions.
 
+--@include credits
+
 local balance_key, record_key, outbox, scheduled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local fingerprint, amount_text, deduction_id = ARGV[1], ARGV[2], ARGV[3]
 
@@ -48,42 +50,18 @@ if #record > 0 then
     return {'conflict'}
 end
 
-local balance_text = redis.call('GET', balance_key)
-if not balance_text then
-    return {'no-balance'}
-end
-local balance, amount = tonumber(balance_text), tonumber(amount_text)
-if balance == nil then
-    return redis.error_reply('balance of ' .. balance_key .. ' is not a number')
-end
-if amount == nil or amount < 0 then
-    return redis.error_reply('amount must be a number >= 0')
-end
-if balance < amount then
-    return {'insufficient', balance_text}
+local remaining, why_not = take_credits(balance_key, amount_text)
+if not remaining then
+    return why_not
 end
 
-local remaining = balance_text
 local entry_id, enqueue = '', 0
 local version = redis.call('HGET', KEYS[5], 'version') or '0'
-if amount > 0 then
-    remaining = redis.call('INCRBYFLOAT', balance_key, '-' .. amount_text)
-    if tonumber(remaining) < 0 then
-        -- Only reachable through float rounding of equal decimals; never let it show.
-        remaining = '0'
-        redis.call('SET', balance_key, remaining)
-    end
-    if redis.call('EXISTS', outbox) == 0 then
-        redis.call('XGROUP', 'CREATE', outbox, ARGV[10], '0', 'MKSTREAM')
-    end
-    entry_id = redis.call('XADD', outbox, '*',
+if tonumber(amount_text) > 0 then
+    entry_id, enqueue = append_charge(outbox, ARGV[10], scheduled, ARGV[9],
         'deductionId', deduction_id, 'userId', ARGV[5], 'operationCode', ARGV[6],
         'amount', amount_text, 'occurredAt', ARGV[7], 'idempotencyKey', ARGV[8])
-    if redis.call('SET', scheduled, '1', 'NX', 'PX', ARGV[9]) then
-        enqueue = 1
-    end
-    version = redis.call('HINCRBY', KEYS[5], 'version', 1)
-    redis.call('PUBLISH', ARGV[11], cjson.encode({version = version, written = 0}))
+    version = balances_changed(KEYS[5], ARGV[11])
 end
 local epoch = redis.call('HGET', KEYS[5], 'epoch')
 if not epoch then

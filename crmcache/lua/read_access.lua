@@ -15,19 +15,12 @@
 -- roleId1, perms1, ...};
 -- the role pairs are present only for an active user.
 
-local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
-local epoch = meta[3]
-if not epoch then
-    epoch = ARGV[2]
-    redis.call('HSETNX', KEYS[1], 'epoch', epoch)
-end
+--@include read_meta
+
+local version, ready, epoch, upstream = read_meta(KEYS[1], ARGV[2], ARGV[3])
 local status = redis.call('HGET', KEYS[2], ARGV[1])
 local roles_json = redis.call('HGET', KEYS[3], ARGV[1])
-local upstream = false
-if ARGV[3] ~= '' then
-    upstream = redis.call('HGET', KEYS[1], ARGV[3])
-end
-local out = {meta[1] or '0', meta[2], epoch, status, roles_json, upstream}
+local out = {version, ready, epoch, status, roles_json, upstream}
 if status ~= 'active' or not roles_json then
     return out
 end

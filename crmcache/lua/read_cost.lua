@@ -12,14 +12,7 @@
 -- configured" only when ready is "1".
 -- Returns {version, ready ("1" or nil), epoch, cost or nil, upstream seq or nil}.
 
-local meta = redis.call('HMGET', KEYS[1], 'version', 'ready', 'epoch')
-local epoch = meta[3]
-if not epoch then
-    epoch = ARGV[2]
-    redis.call('HSETNX', KEYS[1], 'epoch', epoch)
-end
-local upstream = false
-if ARGV[3] ~= '' then
-    upstream = redis.call('HGET', KEYS[1], ARGV[3])
-end
-return {meta[1] or '0', meta[2], epoch, redis.call('HGET', KEYS[2], ARGV[1]), upstream}
+--@include read_meta
+
+local version, ready, epoch, upstream = read_meta(KEYS[1], ARGV[2], ARGV[3])
+return {version, ready, epoch, redis.call('HGET', KEYS[2], ARGV[1]), upstream}

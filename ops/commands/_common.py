@@ -1,37 +1,65 @@
-"""What the operator commands share: exit codes, JSON or rich output, one Redis client."""
+"""What the operator commands share: exit codes, their options, one Redis client and its
+errors. How they print is in ``_output``."""
 
 from __future__ import annotations
 
 import argparse
+import enum
 import functools
-import json
 import sys
-import time
 from collections.abc import Callable
-from typing import Any
-
-import redis
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from config.settings import Settings
 from crmcache.errors import InvalidTenant, StoreUnavailable
 from crmcache.redis_client import make_redis
+from crmcache.store_base import translate_errors
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    import redis
+
+
+class Exit(enum.IntEnum):
+    """The exit codes of every ``crmcache`` command."""
+
+    OK = 0
+    FAILED = 1
+    """The job failed, or Redis is unreachable."""
+    USAGE = 2
+    """Bad usage, input or configuration."""
+
 
 EXIT_CODES = "exit codes: 0 success, 1 the job failed or Redis is unreachable, 2 bad usage or input"
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def add_parser(sub: Any, name: str, help: str, description: str, epilog: str = "") -> Any:
-    parser = sub.add_parser(
+def add_command(
+    sub: Any,
+    name: str,
+    handler: Handler,
+    help: str,
+    description: str,
+    epilog: str = "",
+    *,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    json: bool = True,
+) -> argparse.ArgumentParser:
+    """The operator command ``name``: its help with the exit codes after the epilog, its own
+    ``arguments``, then ``--json`` (unless not ``json``), and ``handler`` run with Redis
+    failures reported in one line (``with_redis_errors``)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
         description=description,
         epilog=(epilog + "\n\n" if epilog else "") + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    if arguments is not None:
+        arguments(parser)
+    if json:
+        add_json_flag(parser)
+    parser.set_defaults(handler=with_redis_errors(handler))
     return parser
 
 
@@ -41,15 +69,12 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False, default=str), flush=True)
+def add_wait_option(parser: argparse.ArgumentParser, metavar: str, help: str) -> None:
+    """``--wait SECONDS``: how long a command waits for the workers to have done its job."""
+    parser.add_argument("--wait", type=float, metavar=metavar, help=help)
 
 
-def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> int:
+def fail(message: str, code: int = Exit.FAILED) -> int:
     print(f"crmcache: {message}", file=sys.stderr)
     return code
 
@@ -59,16 +84,18 @@ def cache_client(settings: Settings) -> redis.Redis:
 
 
 def with_redis_errors(handler: Handler) -> Handler:
-    """Exit 1 with one line (no traceback) when Redis cannot be reached; 2 for a bad tenant."""
+    """Exit 1 with one line (no traceback) when Redis cannot be reached; 2 for a bad tenant.
+    The commands' own Redis calls have their errors translated here, at their boundary."""
 
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            return handler(args, settings)
-        except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as exc:
+            with translate_errors():
+                return handler(args, settings)
+        except StoreUnavailable as exc:
             return fail(f"Redis at {_safe_url(settings.cache_url)} is unreachable: {exc}")
         except InvalidTenant as exc:
-            return fail(str(exc), EXIT_USAGE)
+            return fail(str(exc), Exit.USAGE)
 
     return wrapped
 
@@ -78,27 +105,3 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return f"{scheme}{sep}{rest}"
-
-
-def text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def age(ms: int | float | None, now: int | None = None) -> str:
-    """'4.2s ago', '3m ago', ...; '-' when never."""
-    if ms is None:
-        return "-"
-    seconds = max(((now or now_ms()) - float(ms)) / 1000, 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    if seconds < 86_400:
-        return f"{seconds / 3600:.1f}h ago"
-    return f"{seconds / 86_400:.1f}d ago"

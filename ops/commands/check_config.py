@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from config.settings import PLACEHOLDER_SECRET, Settings
-from ops.commands._common import EXIT_OK, EXIT_USAGE, add_parser
+from ops.commands._common import Exit, add_command
 
+HELP = "validate the configuration (exit 2 naming what is wrong)"
+DESCRIPTION = "Validate the configuration a deployment runs with."
 EPILOG = """\
 Every variable is read as every crmcache process reads it: a malformed value, or a secret that
 still says change-me (.env.example's placeholders), is named and the exit code is 2. Then any
@@ -27,14 +29,7 @@ REQUIRED = {
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "check-config",
-        help="validate the configuration (exit 2 naming what is wrong)",
-        description="Validate the configuration a deployment runs with.",
-        epilog=EPILOG,
-    )
-    parser.set_defaults(handler=run)
+    add_command(sub, "check-config", run, HELP, DESCRIPTION, EPILOG, json=False)
 
 
 def missing(settings: Settings) -> list[str]:
@@ -62,6 +57,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     problems += [f"{name} is not set ({REQUIRED[name]})" for name in missing(settings)]
     if problems:
         print(f"crmcache: invalid configuration: {'; '.join(problems)}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     print("crmcache: configuration ok")
-    return EXIT_OK
+    return Exit.OK

@@ -11,19 +11,11 @@ from rich.table import Table
 from config.settings import Settings
 from crmcache.event_validation import EventLimits
 from ops import dead_letters
-from ops.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_json_flag,
-    add_parser,
-    cache_client,
-    console,
-    fail,
-    print_json,
-    with_redis_errors,
-)
+from ops.commands._common import Exit, add_command, add_json_flag, cache_client, fail
+from ops.commands._output import console, print_json
 
+HELP = "list, show, replay or purge dead-lettered messages"
+DESCRIPTION = "Work with the dead-letter stream."
 EPILOG = """\
   crmcache dlq list [--limit N] [--tenant T]   newest first
   crmcache dlq show ID                         the whole entry, raw message included
@@ -37,13 +29,7 @@ a task have no channel and cannot be replayed."""
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "dlq",
-        help="list, show, replay or purge dead-lettered messages",
-        description="Work with the dead-letter stream.",
-        epilog=EPILOG,
-    )
+    parser = add_command(sub, "dlq", run, HELP, DESCRIPTION, EPILOG, json=False)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list entries, newest first")
     listing.add_argument("--limit", type=int, default=20, help="at most N (default %(default)s)")
@@ -58,17 +44,12 @@ def register(sub: Any) -> None:
     purge.add_argument("--yes", action="store_true", help="really delete (required)")
     for action in (listing, show, replay, purge):
         add_json_flag(action)
-    parser.set_defaults(handler=run)
 
 
-@with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    client = cache_client(settings)
-    try:
-        action = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}[args.action]
+    action = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}[args.action]
+    with cache_client(settings) as client:
         return action(args, settings, client)
-    finally:
-        client.close()
 
 
 def _when(at_ms: int) -> str:
@@ -79,7 +60,7 @@ def _list(args: argparse.Namespace, settings: Settings, client: Any) -> int:
     entries = dead_letters.list_entries(client, max(args.limit, 0), tenant=args.tenant)
     if args.json:
         print_json([entry.summary() for entry in entries])
-        return EXIT_OK
+        return Exit.OK
     table = Table(title=f"dead letters (newest {len(entries)})", title_justify="left")
     for column in ("id", "at (UTC)", "tenant", "channel", "size", "reason"):
         table.add_column(column, overflow="fold")
@@ -93,26 +74,26 @@ def _list(args: argparse.Namespace, settings: Settings, client: Any) -> int:
             entry.reason[:120],
         )
     console().print(table)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _show(args: argparse.Namespace, settings: Settings, client: Any) -> int:
     if not dead_letters.is_entry_id(args.id):
-        return fail(f"not an entry id: {args.id!r}", EXIT_USAGE)
+        return fail(f"not an entry id: {args.id!r}", Exit.USAGE)
     entry = dead_letters.get_entry(client, args.id)
     if entry is None:
         return fail(f"no dead letter {args.id}")
     body = entry.as_dict()
     if args.json:
         print_json(body)
-        return EXIT_OK
+        return Exit.OK
     out = console()
     for name in ("id", "tenant", "channel", "reason", "size", "truncated"):
         out.print(f"[bold]{name:<10}[/] {body[name]}", markup=True)
     out.print(f"[bold]{'at':<10}[/] {_when(entry.at_ms)} UTC")
     out.print("[bold]raw[/]")
     out.print(body["raw"], markup=False, highlight=False)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _replay(args: argparse.Namespace, settings: Settings, client: Any) -> int:
@@ -120,7 +101,7 @@ def _replay(args: argparse.Namespace, settings: Settings, client: Any) -> int:
         entries = dead_letters.list_entries(client, 1_000_000, oldest_first=True)
     else:
         if not dead_letters.is_entry_id(args.id):
-            return fail(f"not an entry id: {args.id!r}", EXIT_USAGE)
+            return fail(f"not an entry id: {args.id!r}", Exit.USAGE)
         entry = dead_letters.get_entry(client, args.id)
         if entry is None:
             return fail(f"no dead letter {args.id}")
@@ -136,15 +117,15 @@ def _replay(args: argparse.Namespace, settings: Settings, client: Any) -> int:
             out.print(f"{r.id}  {mark}  {r.detail}")
         if not results:
             out.print("nothing to replay")
-    return EXIT_OK if ok else EXIT_FAILED
+    return Exit.OK if ok else Exit.FAILED
 
 
 def _purge(args: argparse.Namespace, settings: Settings, client: Any) -> int:
     if not args.yes:
-        return fail("purge deletes every stored dead letter: add --yes", EXIT_USAGE)
+        return fail("purge deletes every stored dead letter: add --yes", Exit.USAGE)
     count = dead_letters.purge(client)
     if args.json:
         print_json({"purged": count})
     else:
         console().print(f"purged {count} dead letters")
-    return EXIT_OK
+    return Exit.OK

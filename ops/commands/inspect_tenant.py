@@ -13,17 +13,11 @@ from rich.table import Table
 from config.settings import Settings
 from crmcache.keyspace import DATA_CLASSES, TenantKeys
 from ops import inspection
-from ops.commands._common import (
-    EXIT_OK,
-    add_json_flag,
-    add_parser,
-    age,
-    cache_client,
-    console,
-    print_json,
-    with_redis_errors,
-)
+from ops.commands._common import Exit, add_command, cache_client
+from ops.commands._output import age, console, print_json
 
+HELP = "show what is cached for a tenant, with stamps and versions"
+DESCRIPTION = "Show everything cached for one tenant."
 EPILOG = """\
 Critical data (credit-costs, roles, user-status, user-roles, configs) is shown with each field's
 stamp: "<seq>" or "<seq>:<version>" of the event that set it (a newer event wins),
@@ -38,13 +32,10 @@ it can still be served while the Wrapper fails: CRM_REFERENCE_MAX_STALE)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "inspect",
-        help="show what is cached for a tenant, with stamps and versions",
-        description="Show everything cached for one tenant.",
-        epilog=EPILOG,
-    )
+    add_command(sub, "inspect", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenant", help="tenant id")
     parser.add_argument(
         "--class",
@@ -56,25 +47,19 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--limit", type=int, default=50, help="entries shown per class (default %(default)s)"
     )
-    add_json_flag(parser)
-    parser.set_defaults(handler=run)
 
 
-@with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
     TenantKeys.of(args.tenant)  # InvalidTenant -> exit 2
-    client = cache_client(settings)
-    try:
+    with cache_client(settings) as client:
         contents = inspection.tenant_contents(client, args.tenant, max(args.limit, 0))
-    finally:
-        client.close()
     if args.data_class:
         contents["classes"] = {k: v for k, v in contents["classes"].items() if k in args.data_class}
     if args.json:
         print_json(contents)
     else:
         render(contents)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _short(value: Any, width: int = 80) -> str:

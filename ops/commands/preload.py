@@ -11,20 +11,12 @@ from rich.progress import Progress
 
 from config.settings import Settings
 from crmcache.errors import CrmCacheError
-from crmcache.keyspace import TenantKeys
-from ops.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_json_flag,
-    add_parser,
-    cache_client,
-    console,
-    fail,
-    print_json,
-    with_redis_errors,
-)
+from crmcache.keyspace import META_LAST_PRELOAD_MS, TenantKeys
+from ops.commands._common import Exit, add_command, add_wait_option, cache_client, fail
+from ops.commands._output import console, print_json
 
+HELP = "load tenants' critical data from the Wrapper (resync)"
+DESCRIPTION = "Preload (resync) critical data: credit costs, roles, user access."
 EPILOG = """\
 crmcache preload acme globex, or --tenant acme --tenant globex, or --all.
 By default the preload runs in this process (the same code as the crmcache.preload_tenant
@@ -34,13 +26,10 @@ tenant's last-preload time moves (exit 1 on timeout)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "preload",
-        help="load tenants' critical data from the Wrapper (resync)",
-        description="Preload (resync) critical data: credit costs, roles, user access.",
-        epilog=EPILOG,
-    )
+    add_command(sub, "preload", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenants", nargs="*", metavar="TENANT", help="tenants to preload")
     parser.add_argument(
         "--tenant", action="append", default=[], metavar="T", help="a tenant (repeatable)"
@@ -51,23 +40,15 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--enqueue", action="store_true", help="send tasks to the workers instead of running here"
     )
-    parser.add_argument(
-        "--wait",
-        type=float,
-        metavar="S",
-        help="with --enqueue: wait up to S seconds for the workers to finish",
-    )
-    add_json_flag(parser)
-    parser.set_defaults(handler=run)
+    add_wait_option(parser, "S", "with --enqueue: wait up to S seconds for the workers to finish")
 
 
-@with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait is not None and not args.enqueue:
-        return fail("--wait only makes sense with --enqueue", EXIT_USAGE)
+        return fail("--wait only makes sense with --enqueue", Exit.USAGE)
     chosen = [*args.tenants, *args.tenant]
     if bool(chosen) == args.all:
-        return fail("name the tenants to preload, or --all (not both)", EXIT_USAGE)
+        return fail("name the tenants to preload, or --all (not both)", Exit.USAGE)
     from crmcache.wrapper import WrapperClient
 
     wrapper = WrapperClient(settings)
@@ -92,7 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for r in results:
             mark = "[green]ok[/]" if r["ok"] else "[red]failed[/]"
             out.print(f"{r['tenant']:<20} {mark}  {r.get('detail', '')}")
-    return EXIT_OK if ok else EXIT_FAILED
+    return Exit.OK if ok else Exit.FAILED
 
 
 def _progress(show: bool) -> Progress:
@@ -102,43 +83,41 @@ def _progress(show: bool) -> Progress:
 def inline(
     settings: Settings, wrapper: Any, tenants: list[str], show: bool
 ) -> list[dict[str, Any]]:
-    from crmcache.preload import preload_tenant
     from crmcache.store import Store
 
-    client = cache_client(settings)
-    store = Store(client)
     results: list[dict[str, Any]] = []
-    try:
-        with _progress(show) as progress:
-            task = progress.add_task("preloading", total=len(tenants))
-            for tenant in tenants:
-                progress.update(task, description=f"preloading {tenant}")
-                started = time.perf_counter()
-                try:
-                    report = preload_tenant(
-                        store,
-                        wrapper,
-                        tenant,
-                        settings.preload_page_size,
-                        tombstone_retention_s=settings.tombstone_retention,
-                    )
-                except CrmCacheError as exc:
-                    results.append({"tenant": tenant, "ok": False, "detail": str(exc)})
-                else:
-                    took = round((time.perf_counter() - started) * 1000, 1)
-                    written = sum(report.written.values())
-                    detail = (
-                        "superseded by a newer snapshot"
-                        if report.superseded
-                        else f"{written} fields written in {took} ms"
-                    )
-                    results.append(
-                        {"tenant": tenant, "ok": True, "detail": detail, "report": report.as_dict()}
-                    )
-                progress.advance(task)
-    finally:
-        client.close()
+    with cache_client(settings) as client, _progress(show) as progress:
+        store = Store(client)
+        task = progress.add_task("preloading", total=len(tenants))
+        for tenant in tenants:
+            progress.update(task, description=f"preloading {tenant}")
+            results.append(_preload_one(settings, store, wrapper, tenant))
+            progress.advance(task)
     return results
+
+
+def _preload_one(settings: Settings, store: Any, wrapper: Any, tenant: str) -> dict[str, Any]:
+    from crmcache.preload import preload_tenant
+
+    started = time.perf_counter()
+    try:
+        report = preload_tenant(
+            store,
+            wrapper,
+            tenant,
+            settings.preload_page_size,
+            tombstone_retention_s=settings.tombstone_retention,
+        )
+    except CrmCacheError as exc:
+        return {"tenant": tenant, "ok": False, "detail": str(exc)}
+    took = round((time.perf_counter() - started) * 1000, 1)
+    written = sum(report.written.values())
+    detail = (
+        "superseded by a newer snapshot"
+        if report.superseded
+        else f"{written} fields written in {took} ms"
+    )
+    return {"tenant": tenant, "ok": True, "detail": detail, "report": report.as_dict()}
 
 
 def enqueue(
@@ -149,26 +128,25 @@ def enqueue(
     from config.amqp import TruncatingAMQP
     from config.celery import PRELOAD_QUEUE, celery_config
 
-    client = cache_client(settings)
     app = Celery("crmcache-cli", amqp=TruncatingAMQP)
     app.conf.update(celery_config(settings))
     try:
-        before = {t: _last_preload(client, t) for t in tenants}
-        results = []
-        for tenant in tenants:
-            result = app.send_task(
-                "crmcache.preload_tenant",
-                args=(tenant,),
-                kwargs={"reason": "cli"},
-                queue=PRELOAD_QUEUE,
-                routing_key=PRELOAD_QUEUE,
-            )
-            results.append({"tenant": tenant, "ok": True, "detail": f"enqueued {result.id}"})
-        if wait is not None:
-            _wait(client, results, before, wait, show)
+        with cache_client(settings) as client:
+            before = {t: _last_preload(client, t) for t in tenants}
+            results = []
+            for tenant in tenants:
+                result = app.send_task(
+                    "crmcache.preload_tenant",
+                    args=(tenant,),
+                    kwargs={"reason": "cli"},
+                    queue=PRELOAD_QUEUE,
+                    routing_key=PRELOAD_QUEUE,
+                )
+                results.append({"tenant": tenant, "ok": True, "detail": f"enqueued {result.id}"})
+            if wait is not None:
+                _wait(client, results, before, wait, show)
     finally:
         app.close()
-        client.close()
     return results
 
 
@@ -191,5 +169,5 @@ def _wait(
 
 
 def _last_preload(client: Any, tenant: str) -> int:
-    raw = client.hget(TenantKeys.of(tenant).meta, "last-preload-ms")
+    raw = client.hget(TenantKeys.of(tenant).meta, META_LAST_PRELOAD_MS)
     return int(raw) if raw else 0

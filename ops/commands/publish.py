@@ -20,21 +20,13 @@ from crmcache.keyspace import (
     TenantKeys,
 )
 from crmcache.tokens import version_token
-from ops.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_json_flag,
-    add_parser,
-    cache_client,
-    console,
-    fail,
-    print_json,
-    with_redis_errors,
-)
+from ops.commands._common import Exit, add_command, add_wait_option, cache_client, fail
+from ops.commands._output import console, print_json
 
 logger = logging.getLogger(__name__)
 
+HELP = "validate and PUBLISH one event on crm:<tenant>:<stream>"
+DESCRIPTION = "Publish one change event, as the Wrapper would."
 EPILOG = """\
 example:
   crmcache publish acme credit-configs '{"eventType": "credit-config-changed",
@@ -53,27 +45,18 @@ data it left too (exit 1 when that takes longer than the given seconds)."""
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "publish",
-        help="validate and PUBLISH one event on crm:<tenant>:<stream>",
-        description="Publish one change event, as the Wrapper would.",
-        epilog=EPILOG,
-    )
+    add_command(sub, "publish", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tenant", help="tenant id")
     parser.add_argument("stream", choices=STREAMS, help="the event stream")
     parser.add_argument("event", help="the event as JSON; '-' reads it from stdin")
-    parser.add_argument(
-        "--wait",
-        type=float,
-        metavar="SECONDS",
-        help="wait up to SECONDS until the event is applied (needs the event's seq)",
+    add_wait_option(
+        parser, "SECONDS", "wait up to SECONDS until the event is applied (needs the event's seq)"
     )
-    add_json_flag(parser)
-    parser.set_defaults(handler=run)
 
 
-@with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
     payload = sys.stdin.read() if args.event == "-" else args.event
     try:
@@ -83,15 +66,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         reason = exc.reason if isinstance(exc, InvalidEvent) else str(exc)
         if args.json:
             print_json({"published": False, "error": reason})
-        return fail(f"invalid event, not sent: {reason}", EXIT_USAGE)
+        return fail(f"invalid event, not sent: {reason}", Exit.USAGE)
     if args.wait is not None and (event.upstream_seq is None or not 0 < args.wait <= 600):
-        return fail("--wait needs an event with a seq and 0 < SECONDS <= 600", EXIT_USAGE)
-    client = cache_client(settings)
-    try:
+        return fail("--wait needs an event with a seq and 0 < SECONDS <= 600", Exit.USAGE)
+    with cache_client(settings) as client:
         receivers = int(client.publish(channel, payload.encode()))
         applied = _wait_applied(client, event, args.wait) if args.wait and receivers else None
-    finally:
-        client.close()
     extra = {"tenant": event.tenant, "event_id": event.event_id or "-"}
     logger.info(
         "published %s on %s to %d receivers", event.event_type, channel, receivers, extra=extra
@@ -115,10 +95,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if applied:
             console().print(f"applied: token {applied}")
     if receivers == 0:
-        return fail("no subscriber is listening on the channel: the event is lost", EXIT_FAILED)
+        return fail("no subscriber is listening on the channel: the event is lost", Exit.FAILED)
     if args.wait and applied is None:
-        return fail(f"the event was not applied within {args.wait:g} s", EXIT_FAILED)
-    return EXIT_OK
+        return fail(f"the event was not applied within {args.wait:g} s", Exit.FAILED)
+    return Exit.OK
 
 
 def _wait_applied(client: Any, event: Any, timeout: float) -> str | None:

@@ -6,26 +6,19 @@ import argparse
 import time
 from typing import Any
 
-import redis
 from rich.table import Table
 
 from config.settings import Settings
+from crmcache.errors import StoreUnavailable
+from crmcache.store_base import now_ms
 from ops import inspection, live_status
-from ops.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    add_json_flag,
-    add_parser,
-    age,
-    cache_client,
-    console,
-    fail,
-    now_ms,
-    print_json,
-    with_redis_errors,
-)
+from ops.commands._common import Exit, add_command, cache_client, fail
+from ops.commands._output import age, console, print_json
 
+HELP = (
+    "show readiness, entries, event/preload age, hit rates, dead letters, workers (--watch: live)"
+)
+DESCRIPTION = "Show the state of the cache and of the pipeline around it."
 EPILOG = """\
 Tenants: CRM_TENANTS, else every tenant with data in the cache (or --tenant).
 Per tenant: ready (critical data loaded), entries per data class, age of the last applied
@@ -43,14 +36,10 @@ active subscriber. With --json, one JSON object per line per redraw."""
 
 
 def register(sub: Any) -> None:
-    parser = add_parser(
-        sub,
-        "status",
-        help="show readiness, entries, event/preload age, hit rates, dead letters, workers "
-        "(--watch: live)",
-        description="Show the state of the cache and of the pipeline around it.",
-        epilog=EPILOG,
-    )
+    add_command(sub, "status", run, HELP, DESCRIPTION, EPILOG, arguments=add_arguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tenant", action="append", metavar="T", help="only these tenants (repeatable)"
     )
@@ -72,45 +61,35 @@ def register(sub: Any) -> None:
         metavar="S",
         help="with --watch: seconds between redraws (default %(default)s)",
     )
-    add_json_flag(parser)
-    parser.set_defaults(handler=run)
 
 
-@with_redis_errors
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.watch:
         if args.strict or args.interval <= 0:
-            return fail("--watch takes a positive --interval and no --strict", EXIT_USAGE)
+            return fail("--watch takes a positive --interval and no --strict", Exit.USAGE)
         return watch(args, settings)
-    client = cache_client(settings)
-    try:
+    with cache_client(settings) as client:
         tenants = args.tenant or inspection.known_tenants(client, settings)
         status = inspection.stack_status(client, settings, tenants, args.ping_timeout)
-    finally:
-        client.close()
     status["healthy"] = healthy(status)
     if args.json:
         print_json(status)
     else:
         render(status)
-    return EXIT_FAILED if args.strict and not status["healthy"] else EXIT_OK
+    return Exit.FAILED if args.strict and not status["healthy"] else Exit.OK
 
 
 def watch(args: argparse.Namespace, settings: Settings) -> int:
-    client = cache_client(settings)
-
     def read() -> live_status.Sample:
         at, now = time.monotonic(), now_ms()
         try:
             tenants = args.tenant or inspection.known_tenants(client, settings)
             return live_status.Sample(at, now, inspection.watch_sample(client, tenants))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except StoreUnavailable as exc:
             return live_status.Sample(at, now, {}, error=f"Redis unreachable ({exc})")
 
-    try:
+    with cache_client(settings) as client:
         return live_status.watch(read, console(), args.interval, args.json)
-    finally:
-        client.close()
 
 
 def healthy(status: dict[str, Any]) -> bool:

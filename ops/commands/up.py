@@ -13,12 +13,11 @@ from typing import Any
 
 from config.settings import ConfigError, Settings
 from ops.commands._banner import banner
+from ops.commands._common import Exit
 from ops.dev import devstate
 from ops.dev.devstack import DevStack, StackOptions
 from ops.dev.redis_server import ServerStartError
 from ops.dev.stack import Interrupted, PartFailed
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 EPILOG = """\
 Starts, as child processes sharing one environment:
@@ -99,7 +98,7 @@ class Console:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.exit and not args.demo:
         print("crmcache up: --exit only makes sense with --demo", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     options = StackOptions(
         api_port=args.api_port,
         flower_port=args.flower_port,
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"stop it first, or give this one its own {devstate.STATE_DIR_VARIABLE}",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return Exit.FAILED
     console = Console(args.json)
     stack = DevStack(options)
     restore = _install_signal_handlers(stack.supervisor.request_stop)
@@ -138,37 +137,37 @@ def _run_stack(stack: DevStack, args: argparse.Namespace, console: Console) -> i
         print(
             "crmcache up: --demo drives the sandbox Wrapper; unset WRAPPER_API_URL", file=sys.stderr
         )
-        return EXIT_USAGE
+        return Exit.USAGE
     console.say("starting crmcache (Ctrl-C stops everything)...")
     try:
         stack.start()
         stack.wait_tenants_ready(30.0, stack.supervisor.stop_requested.is_set)
     except ConfigError as exc:
         print(f"crmcache up: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except ServerStartError as exc:
         print(f"crmcache up: cannot start an embedded Redis: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     except PartFailed as exc:
         _report_failure(exc, console)
-        return EXIT_FAILED
+        return Exit.FAILED
     except Interrupted:
-        return EXIT_OK
+        return Exit.OK
     info = stack.info
     info.parts = stack.describe_parts()
     _record(stack)
     console.emit({"event": "up", **info.as_dict()}, banner(info, stack.active_subscriber()))
     if args.demo:
         code = _run_demo(stack, console)
-        if args.exit or code != EXIT_OK:
+        if args.exit or code != Exit.OK:
             return code
     dead = stack.supervisor.watch()
     if dead is not None:
         _report_failure(
             PartFailed(dead, f"{dead.name} exited with code {dead.exit_code()}"), console
         )
-        return EXIT_FAILED
-    return EXIT_OK
+        return Exit.FAILED
+    return Exit.OK
 
 
 def _external_wrapper() -> bool:
@@ -209,17 +208,17 @@ def _run_demo(stack: DevStack, console: Console) -> int:
         demo.run()
     except (DemoFailed, OSError) as exc:
         if stack.supervisor.stop_requested.is_set():
-            return EXIT_OK
+            return Exit.OK
         try:
             stack.supervisor.check_alive()
         except PartFailed as dead:
             _report_failure(dead, console)
-            return EXIT_FAILED
+            return Exit.FAILED
         console.emit({"event": "demo-failed", "error": str(exc)}, f"demo failed: {exc}")
-        return EXIT_FAILED
+        return Exit.FAILED
     finally:
         demo.close()
-    return EXIT_OK
+    return Exit.OK
 
 
 def _report_failure(exc: PartFailed, console: Console) -> None:

@@ -104,32 +104,25 @@ class Demo:
         self.emit({"step": "done", "text": "demo finished"})
 
     def change_cost(self) -> None:
-        self._step(
-            "credit-cost",
-            f"Change the cost of {OPERATION} to {NEW_COST} credits",
-            self.cost_answer,
-            ("PUT", f"/_admin/{self.tenant}/credit-configs/{OPERATION}", {"creditCost": NEW_COST}),
-            lambda a: _field(a, "creditCost") == NEW_COST,
+        text = f"Change the cost of {OPERATION} to {NEW_COST} credits"
+        change = (
+            "PUT",
+            f"/_admin/{self.tenant}/credit-configs/{OPERATION}",
+            {"creditCost": NEW_COST},
         )
+        self._step("credit-cost", text, self.cost_answer, change, _answers("creditCost", NEW_COST))
 
     def suspend_and_reactivate(self) -> None:
-        user_path = f"/_admin/{self.tenant}/users/{self.user}"
-        self._step(
-            "suspend-user",
-            f"Suspend {self.user}",
-            self.permission_answer,
-            ("PUT", user_path, {"status": "suspended"}),
-            lambda a: _field(a, "authorized") is False,
-        )
+        self._user_status("suspend-user", "Suspend", "suspended", authorized=False)
         if self.api_url:
             self.emit({"step": "suspended-lead", "answer": self.create_lead().as_dict()})
-        self._step(
-            "reactivate-user",
-            f"Reactivate {self.user}",
-            self.permission_answer,
-            ("PUT", user_path, {"status": "active"}),
-            lambda a: _field(a, "authorized") is True,
-        )
+        self._user_status("reactivate-user", "Reactivate", "active", authorized=True)
+
+    def _user_status(self, step: str, verb: str, status: str, *, authorized: bool) -> None:
+        """Set the user's status in the Wrapper; the permission check must follow."""
+        change = ("PUT", f"/_admin/{self.tenant}/users/{self.user}", {"status": status})
+        text = f"{verb} {self.user}"
+        self._step(step, text, self.permission_answer, change, _answers("authorized", authorized))
 
     def spend_credits(self) -> None:
         """Create leads until the API answers 402 (credits exhausted)."""
@@ -244,6 +237,13 @@ class Demo:
 
 def _field(answer: Answer, name: str) -> Any:
     return answer.body.get(name) if isinstance(answer.body, dict) else None
+
+
+def _answers(name: str, value: Any) -> Callable[[Answer], bool]:
+    """Whether an answer's field ``name`` says ``value`` (a bool by identity: 1 is not True)."""
+    if isinstance(value, bool):
+        return lambda answer: _field(answer, name) is value
+    return lambda answer: bool(_field(answer, name) == value)
 
 
 def render(event: dict[str, Any]) -> str:

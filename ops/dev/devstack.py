@@ -19,18 +19,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import requests
 
 from config.apikeys import parse_api_keys
 from config.settings import Settings, get_settings, load_settings
 from crmcache import keyspace
 from crmcache.redis_client import make_redis
+from crmcache.store_base import text
 from ops.dev import devstate
 from ops.dev.redis_server import RedisServer, free_port
 from ops.dev.stack import Part, Supervisor
+
+if TYPE_CHECKING:
+    import redis
 
 EMBEDDED_REDIS_ARGS = ("--maxmemory", "256mb", "--maxmemory-policy", "noeviction")
 """As in docker-compose.yml: the broker's queues share this Redis, and noeviction never drops
@@ -320,9 +323,7 @@ class DevStack:
 
     def active_subscriber(self) -> str | None:
         holder = self.redis().get(keyspace.LEADER)
-        if isinstance(holder, bytes):
-            return holder.decode()
-        return holder
+        return text(holder) if holder is not None else None
 
     def wait_tenants_ready(self, timeout: float, should_stop: Callable[[], bool]) -> list[str]:
         """Wait (bounded) until every tenant's first preload marked it ready."""
@@ -331,7 +332,8 @@ class DevStack:
             ready = [
                 t
                 for t in self.info.tenants
-                if self.redis().hget(keyspace.TenantKeys.of(t).meta, "ready") == b"1"
+                if self.redis().hget(keyspace.TenantKeys.of(t).meta, keyspace.META_READY)
+                == keyspace.READY_FLAG
             ]
             if len(ready) == len(self.info.tenants) or time.monotonic() > deadline:
                 break

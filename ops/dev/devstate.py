@@ -84,10 +84,8 @@ def process_alive(pid: int, started: int | None = None) -> bool:
     started then (not a later process that reused the pid)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except (ProcessLookupError, PermissionError) as exc:
+        return isinstance(exc, PermissionError)  # it runs, as another user
     now = process_started(pid)
     return started is None or now is None or now == started
 

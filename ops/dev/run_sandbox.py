@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from config.settings import ConfigError, get_settings
+from config.settings import settings_or_exit
 from crmcache.logging_config import configure_logging
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"sandbox: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("sandbox")  # exit 2 naming a bad variable
     configure_logging(settings.log_level, settings.log_format)
     from sandbox.__main__ import main as sandbox_main
 
