@@ -32,17 +32,31 @@ VALIDATE = f"/api/credits/validate?operation={PERM}&userId={USER}"
 
 
 @pytest.fixture
-def client(serve: Any, preload: Any, api_settings: Any) -> Iterator[httpx.Client]:
+def served(serve: Any, preload: Any, api_settings: Any) -> Iterator[tuple[httpx.Client, Any]]:
     """A live API whose near-cache trusts itself for a minute (only a notification or a
-    stronger level makes it look at Redis) and waits 100 ms for a token."""
+    stronger level makes it look at Redis) and waits 100 ms for a token; and its service."""
     preload("acme")
     settings = api_settings.model_copy(
         update={"near_cache_staleness_ms": 60_000, "consistency_wait_ms": 100}
     )
-    with serve(settings) as http:
-        # the reader is built, and its near-cache holds the user (the hot path answers)
-        wait_until(lambda: http.get(CHECK, headers=ACME).json()["cached"], what="a warm reader")
-        yield http
+    server = serve(settings)
+    service = server.server.config.app.state.service
+    with server as http:
+
+        def held() -> bool:
+            # the reader is built, and its near-cache holds the user's access (what the hot
+            # path answers from)
+            http.get(CHECK, headers=ACME)
+            reader = service.readers.peek("acme")
+            return reader is not None and reader.peek_permission_detail(USER, PERM) is not None
+
+        wait_until(held, what="a warm reader")
+        yield http, service
+
+
+@pytest.fixture
+def client(served: tuple[httpx.Client, Any]) -> httpx.Client:
+    return served[0]
 
 
 def current_token(r: redis.Redis) -> str:
@@ -138,11 +152,17 @@ def test_a_token_not_reached_in_time_is_a_409_with_both_tokens(
 
 
 def test_a_strong_read_of_a_balance_skips_the_near_cache(
-    client: httpx.Client, r: redis.Redis
+    served: tuple[httpx.Client, Any], r: redis.Redis
 ) -> None:
-    # Given the balance held by the API's near-cache (a first answer from Redis keeps it)
+    client, service = served
+    # Given the balance held by the API's near-cache (an answer from Redis offers it)
     first = client.get(VALIDATE, headers=ACME).json()
-    wait_until(lambda: client.get(VALIDATE, headers=ACME).json()["cached"], what="a held balance")
+
+    def held() -> bool:
+        client.get(VALIDATE, headers=ACME)
+        return service.readers.peek("acme").peek_user_credits(USER) is not None
+
+    wait_until(held, what="a held balance")
     # When the balance changes in Redis without the version moving (no one told the API)
     r.set(KEYS.balance(USER), str(first["availableCredits"] + 1000))
     # Then the default answer is the held one, and a strong read the one in Redis
