@@ -27,12 +27,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import httpx
 import redis
 
 from benchmarks.api_bench import uvicorn_server
+from benchmarks.hop_trace import Monitor, hops_of, table
 from benchmarks.pipeline_bench import BIN, ROOT, cpu_model, processes, wait_for
 from crmcache.keyspace import DataClass, TenantKeys
 
@@ -67,13 +69,24 @@ def reader_main(prefix: str, count: int) -> None:
     """A reader process: say ready once every probe is granted, then for each probe in turn
     poll until it is denied and note when; print the times as JSON at the end."""
     from consumer import SmartCRMConsumer
+    from consumer.read.cache import CRMCache
 
+    heard: list[float] = []
+    if os.environ.get("CRM_BENCH_TRACE"):  # when the notification reached this process
+        on_change = CRMCache.on_change
+
+        def traced(self: CRMCache, tenant: str, version: int, written: int | None) -> None:
+            heard.append(time.perf_counter())
+            on_change(self, tenant, version, written)
+
+        CRMCache.on_change = traced  # type: ignore[method-assign]
     crm = SmartCRMConsumer(TENANT)
     users = probe_users(prefix, count)
     if not wait_for(lambda: all(crm.check_permission(u, PERMISSION) for u in users), 60):
         raise SystemExit("probes never granted")
     print("ready", flush=True)
-    print(json.dumps(watch(users, lambda u: crm.check_permission(u, PERMISSION))), flush=True)
+    denied = watch(users, lambda u: crm.check_permission(u, PERMISSION))
+    print(json.dumps({"denied": denied, "heard": heard}), flush=True)
     crm.shutdown()
 
 
@@ -190,7 +203,9 @@ def measure(
     api = api_watcher(api_port, users, api_seen)
     time.sleep(0.5)
     sent: list[float] = []
-    revoke_all(r, wrapper, users[: args.revokes], args.interval, sent)
+    with Monitor(args.url) if args.trace else nullcontext() as monitor:
+        revoke_all(r, wrapper, users[: args.revokes], args.interval, sent)
+        time.sleep(0.1)
     broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
     with Background(args.url, args.rate):
         time.sleep(0.5)
@@ -199,11 +214,18 @@ def measure(
     broker.close()
     print(f"  {prefix} broker queue depth at the end of the load: {depth}", file=sys.stderr)
     api.join(timeout=30)
-    seen = [api_seen]
+    seen, heard = [api_seen], []
     for proc in readers:
         out, _ = proc.communicate(timeout=60)
-        seen.append(json.loads(out.strip().splitlines()[-1]))
-    latencies = [(max(times[k] for times in seen) - at) * 1000 for k, at in enumerate(sent)]
+        answer = json.loads(out.strip().splitlines()[-1])
+        seen.append(answer["denied"])
+        heard.append(answer["heard"])
+    last = [max(times[k] for times in seen) for k in range(len(sent))]
+    latencies = [(t - at) * 1000 for t, at in zip(last, sent, strict=True)]
+    if monitor is not None:
+        n = args.revokes
+        rows = hops_of(monitor.commands, users[:n], sent[:n], last[:n], heard)
+        print("\n".join(table(prefix, rows)), file=sys.stderr)
     for name, times in zip(("api", *(f"reader{i}" for i in range(READERS))), seen, strict=True):
         lone = [(times[k] - at) * 1000 for k, at in enumerate(sent[: args.revokes])]
         print(f"  {prefix} {name}: lone p50 {statistics.median(lone):.2f} ms", file=sys.stderr)
@@ -240,6 +262,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between revokes")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--quick", action="store_true", help="10 revokes per phase")
+    parser.add_argument(
+        "--trace", action="store_true", help="per-hop timestamps of the lone revokes (MONITOR)"
+    )
     parser.add_argument("--reader", nargs=2, metavar=("PREFIX", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--floor", metavar="REDIS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,6 +298,7 @@ def main() -> int:
             "CRM_TENANTS": TENANT,
             "CRM_API_KEYS": f"{TENANT}:{API_KEY}",
             "CRM_LOG_LEVEL": "WARNING",
+            **({"CRM_BENCH_TRACE": "1"} if args.trace else {}),
         }
         r = redis.Redis.from_url(server.url)
         settings = load_settings(REDIS_URL=server.url, WRAPPER_API_URL=wrapper.url)
