@@ -210,7 +210,7 @@ def measure(
     with Background(args.url, args.rate):
         time.sleep(0.5)
         revoke_all(r, wrapper, users[args.revokes :], args.interval, sent)
-        depth = {q: broker.llen(q) for q in ("crm.events", "crm.events.bulk")}
+        depth = {q: broker.llen(q) for q in ("crm.events.urgent", "crm.events", "crm.events.bulk")}
     broker.close()
     print(f"  {prefix} broker queue depth at the end of the load: {depth}", file=sys.stderr)
     api.join(timeout=30)
@@ -244,10 +244,48 @@ def figures(name: str, phases: dict[str, list[float]], rate: int) -> list[str]:
     return rows
 
 
+PREFIXES = ("m", "u", "f")
+
+
+def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict[str, str]]]:
+    """(name, probe prefix, processes, environment) of each pipeline, measured in turn: the
+    pipeline as it was before the urgent lane, with it, and the floor."""
+
+    def worker(pool: str, concurrency: int, queues: str) -> list[str]:
+        return [
+            str(BIN / "celery"), "-A", "tasks", "worker", f"--pool={pool}",
+            f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
+            "--loglevel=WARNING", "-Q", queues,
+        ]  # fmt: skip
+
+    subscriber = [str(BIN / "crmcache"), "subscribe"]
+    events = "crm.events,crm.events.bulk,crm.preload"
+    floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", url]
+    return [
+        (
+            "crmcache, no urgent lane",
+            "m",
+            [worker("prefork", args.workers, events), subscriber],
+            {"CRM_URGENT_LANE": "0"},
+        ),
+        (
+            "crmcache + urgent lane (solo worker)",
+            "u",
+            [
+                worker("prefork", args.workers, events),
+                worker("solo", 1, "crm.events.urgent"),
+                subscriber,
+            ],
+            {},
+        ),
+        ("plain loop (floor)", "f", [floor], {}),
+    ]
+
+
 def data(count: int) -> dict[str, Any]:
     users = [
         {"userId": u, "status": "active", "roles": ["sales"]}
-        for prefix in ("c", "f")
+        for prefix in PREFIXES
         for u in probe_users(prefix, count)
     ]
     roles = [{"roleId": "sales", "roleName": "Sales", "permissions": [PERMISSION]}]
@@ -305,24 +343,16 @@ def main() -> int:
         client = WrapperClient(settings)
         preload_tenant(Store(r), client, TENANT)
         client.close()
-        worker = [
-            str(BIN / "celery"), "-A", "tasks", "worker", "--pool=prefork",
-            f"--concurrency={args.workers}", "--without-gossip", "--without-mingle",
-            "--loglevel=WARNING", "-Q", "crm.events,crm.events.bulk,crm.preload",
-        ]  # fmt: skip
-        subscriber = [str(BIN / "crmcache"), "subscribe"]
         with uvicorn_server("consumer.api.app:create_app", env) as api_port:
-            with processes([worker, subscriber], env):
-                if not wait_for(lambda: r.publish(KEYS.channel("users"), "{}") >= 1, 30):
-                    raise RuntimeError("the subscriber did not start")
-                time.sleep(1.0)
-                rows += figures("crmcache (subscriber + worker)", measure(
-                    r, wrapper, env, api_port, "c", args), args.rate)  # fmt: skip
-            floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", server.url]
-            with processes([floor], env):
-                time.sleep(1.0)
-                rows += figures("plain loop (floor)", measure(
-                    r, wrapper, env, api_port, "f", args), args.rate)  # fmt: skip
+            for name, prefix, commands, extra in pipelines(args, server.url):
+                with processes(commands, {**env, **extra}):
+                    if prefix != "f" and not wait_for(
+                        lambda: r.publish(KEYS.channel("users"), "{}") >= 1, 30
+                    ):
+                        raise RuntimeError("the subscriber did not start")
+                    time.sleep(1.0)
+                    phases = measure(r, wrapper, {**env, **extra}, api_port, prefix, args)
+                    rows += figures(name, phases, args.rate)
         r.close()
     load = os.getloadavg()
     print(

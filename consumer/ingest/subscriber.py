@@ -33,7 +33,7 @@ from redis.retry import Retry
 from config.settings import Settings
 from consumer.ingest.batcher import Batcher
 from consumer.ingest.inflight import InFlight
-from consumer.ingest.lanes import LaneRouter, lane_batches
+from consumer.ingest.lanes import BULK, INTERACTIVE, URGENT, LaneRouter, lane_batches
 from consumer.ingest.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
@@ -59,7 +59,7 @@ _CONNECTION_ERRORS = (
 
 class Enqueuer(Protocol):
     def apply_events(
-        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False
+        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False, urgent: bool = False
     ) -> None: ...
 
     def preload(self, tenant: str | None, reason: str) -> None: ...
@@ -82,6 +82,7 @@ class Subscriber:
             settings.flush_interval_ms / 1000,
             bulk_batch_size=settings.bulk_batch_size,
             bulk_flush_interval=settings.bulk_flush_interval_ms / 1000,
+            revoke_at_once=settings.urgent_lane,
         )
         self.lanes = LaneRouter(settings.bulk_threshold) if settings.event_lanes else None
         self._stop = threading.Event()
@@ -380,10 +381,12 @@ class Subscriber:
                 ]
                 flooding = self.lanes is not None and self.lanes.is_bulk(tenant)
                 sizes = (self.settings.batch_size, self.settings.bulk_batch_size)
-                for bulk, chunk in lane_batches(events, bodies, flooding, *sizes):
-                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk)
+                urgent = self.settings.urgent_lane
+                for lane, chunk in lane_batches(events, bodies, flooding, *sizes, urgent):
+                    bulk = lane == BULK
+                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk, urgent=lane == URGENT)
                     self.inflight.sent(tenant, chunk, bulk, now)
-                    self.stats["bulk_batches" if bulk else "batches"] += 1
+                    self.stats["batches" if lane == INTERACTIVE else f"{lane}_batches"] += 1
                 self.stats["published"] += len(bodies)
         except (StoreUnavailable, KombuOperationalError, OSError) as exc:
             dropped = sum(len(evs) for evs in pending.values())
