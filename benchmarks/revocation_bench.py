@@ -75,11 +75,12 @@ def reader_main(prefix: str, count: int) -> None:
     if os.environ.get("CRM_BENCH_TRACE"):  # when the notification reached this process
         on_change = CRMCache.on_change
 
-        def traced(self: CRMCache, tenant: str, version: int, written: int | None) -> None:
+        def traced(self: CRMCache, *args: Any) -> None:
             heard.append(time.perf_counter())
-            on_change(self, tenant, version, written)
+            on_change(self, *args)
 
         CRMCache.on_change = traced  # type: ignore[method-assign]
+    access_blind()
     crm = SmartCRMConsumer(TENANT)
     users = probe_users(prefix, count)
     if not wait_for(lambda: all(crm.check_permission(u, PERMISSION) for u in users), 60):
@@ -88,6 +89,29 @@ def reader_main(prefix: str, count: int) -> None:
     denied = watch(users, lambda u: crm.check_permission(u, PERMISSION))
     print(json.dumps({"denied": denied, "heard": heard}), flush=True)
     crm.shutdown()
+
+
+def access_blind() -> None:
+    """With CRM_BENCH_ACCESS_BLIND, readers as they were before they kept users and roles on a
+    change that wrote no access field: the notification's ``access`` is ignored."""
+    if not os.environ.get("CRM_BENCH_ACCESS_BLIND"):
+        return
+    from consumer.read.near_cache import NearCache
+
+    notify = NearCache.notify
+
+    def blind(self: NearCache, version: int, written: int | None = None, *_: Any) -> None:
+        notify(self, version, written)
+
+    NearCache.notify = blind  # type: ignore[method-assign]
+
+
+def api_app() -> Any:
+    """The HTTP API's app, its readers ``access_blind`` when asked."""
+    from consumer.api.app import create_app
+
+    access_blind()
+    return create_app()
 
 
 def watch(users: list[str], allowed: Callable[[str], bool]) -> list[float]:
@@ -131,13 +155,15 @@ def plain_loop(url: str, stop: threading.Event) -> None:
         body = json.loads(message["data"])
         data = body["data"]
         pipe = client.pipeline(transaction=True)
-        if body["eventType"] == "user-changed":
+        access = int(body["eventType"] == "user-changed")
+        if access:
             pipe.hset(KEYS.values(DataClass.USER_STATUS), data["userId"], data["status"])
         else:
             pipe.hset(KEYS.values(DataClass.CREDIT_COSTS), data["operationCode"], data["newValue"])
         pipe.hincrby(KEYS.meta, "version", 1)
         version = pipe.execute()[-1]
-        client.publish(KEYS.changes_channel, json.dumps({"version": version, "written": 1}))
+        notice = {"version": version, "written": 1, "access": access}
+        client.publish(KEYS.changes_channel, json.dumps(notice))
     pubsub.close()
     client.close()
 
@@ -227,8 +253,12 @@ def measure(
         rows = hops_of(monitor.commands, users[:n], sent[:n], last[:n], heard)
         print("\n".join(table(prefix, rows)), file=sys.stderr)
     for name, times in zip(("api", *(f"reader{i}" for i in range(READERS))), seen, strict=True):
-        lone = [(times[k] - at) * 1000 for k, at in enumerate(sent[: args.revokes])]
-        print(f"  {prefix} {name}: lone p50 {statistics.median(lone):.2f} ms", file=sys.stderr)
+        each = [(times[k] - at) * 1000 for k, at in enumerate(sent)]
+        lone, loaded = (
+            statistics.median(each[: args.revokes]),
+            statistics.median(each[args.revokes :]),
+        )
+        print(f"  {prefix} {name}: p50 lone {lone:.2f} ms, loaded {loaded:.2f} ms", file=sys.stderr)
     return {"lone": latencies[: args.revokes], "background": latencies[args.revokes :]}
 
 
@@ -238,13 +268,13 @@ def figures(name: str, phases: dict[str, list[float]], rate: int) -> list[str]:
         q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
         label = "lone revoke" if phase == "lone" else f"revoke @{rate} ev/s"
         rows.append(
-            f"{name:<34} {label:<22} n={len(values):<4} p50 {q[49]:7.2f} ms  "
+            f"{name:<42} {label:<20} n={len(values):<4} p50 {q[49]:7.2f} ms  "
             f"p99 {q[98]:7.2f} ms  max {max(values):7.2f} ms"
         )
     return rows
 
 
-PREFIXES = ("m", "u", "f")
+PREFIXES = ("m", "u", "a", "f")
 
 
 def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict[str, str]]]:
@@ -261,24 +291,22 @@ def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict
     subscriber = [str(BIN / "crmcache"), "subscribe"]
     events = "crm.events,crm.events.bulk,crm.preload"
     floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", url]
+    blind = {"CRM_BENCH_ACCESS_BLIND": "1"}
+    urgent = [
+        worker("prefork", args.workers, events),
+        worker("solo", 1, "crm.events.urgent"),
+        subscriber,
+    ]
     return [
         (
-            "crmcache, no urgent lane",
+            "as before (no urgent lane, blind readers)",
             "m",
             [worker("prefork", args.workers, events), subscriber],
-            {"CRM_URGENT_LANE": "0"},
+            {"CRM_URGENT_LANE": "0", **blind},
         ),
-        (
-            "crmcache + urgent lane (solo worker)",
-            "u",
-            [
-                worker("prefork", args.workers, events),
-                worker("solo", 1, "crm.events.urgent"),
-                subscriber,
-            ],
-            {},
-        ),
-        ("plain loop (floor)", "f", [floor], {}),
+        ("+ urgent lane (solo worker)", "u", urgent, blind),
+        ("+ readers keep access on cost changes", "a", urgent, {}),
+        ("plain loop (floor), same readers", "f", [floor], {}),
     ]
 
 
@@ -343,8 +371,9 @@ def main() -> int:
         client = WrapperClient(settings)
         preload_tenant(Store(r), client, TENANT)
         client.close()
-        with uvicorn_server("consumer.api.app:create_app", env) as api_port:
-            for name, prefix, commands, extra in pipelines(args, server.url):
+        for name, prefix, commands, extra in pipelines(args, server.url):
+            app = "benchmarks.revocation_bench:api_app"
+            with uvicorn_server(app, {**env, **extra}) as api_port:
                 with processes(commands, {**env, **extra}):
                     if prefix != "f" and not wait_for(
                         lambda: r.publish(KEYS.channel("users"), "{}") >= 1, 30
