@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -34,28 +35,38 @@ def broker(redis_server: Any) -> Iterator[tuple[str, redis.Redis]]:
     client.close()
 
 
+@contextmanager
+def subscribing(settings: Any, url: str, fast_path: bool) -> Iterator[Any]:
+    """A subscriber with the urgent lane on, sending to the broker at ``url``."""
+    from consumer.ingest.subscriber import Subscriber
+    from tasks.producer import CeleryEnqueuer
+
+    update = {"celery_broker_url": url, "urgent_lane": True, "revoke_fast_path": fast_path}
+    ours = settings.model_copy(update=update)
+    enqueuer = CeleryEnqueuer(ours)
+    subscriber = RunningSubscriber(Subscriber(ours, enqueuer)).start()
+    try:
+        wait_until(lambda: subscriber.subscriber.stats["subscribes"] >= 1, what="subscription")
+        yield subscriber
+    finally:
+        subscriber.stop()
+        enqueuer.close()
+
+
+def urgent_worker(env: dict[str, str], url: str, tmp_path: Any) -> Proc:
+    """A worker serving only the urgent lane."""
+    args = [*worker_args("solo", 1), "-Q", EVENTS_URGENT_QUEUE]
+    return Proc(args, {**env, "CELERY_BROKER_URL": url}, tmp_path / "worker.log")
+
+
 @pytest.fixture
 def urgent_pipeline(
     settings: Any, env: dict[str, str], broker: tuple[str, redis.Redis], tmp_path: Any
 ) -> Iterator[Any]:
-    """A subscriber with the urgent lane on, and a worker serving only the urgent lane."""
-    from consumer.ingest.subscriber import Subscriber
-    from tasks.producer import CeleryEnqueuer
-
+    """The subscriber (fast path off) and a worker serving only the urgent lane."""
     url, _ = broker
-    ours = settings.model_copy(update={"celery_broker_url": url, "urgent_lane": True})
-    worker = Proc(
-        [*worker_args("solo", 1), "-Q", EVENTS_URGENT_QUEUE],
-        {**env, "CELERY_BROKER_URL": url},
-        tmp_path / "worker.log",
-    )
-    enqueuer = CeleryEnqueuer(ours)
-    subscriber = RunningSubscriber(Subscriber(ours, enqueuer)).start()
-    with running(worker):
-        wait_until(lambda: subscriber.subscriber.stats["subscribes"] >= 1, what="subscription")
-        yield subscriber
-        subscriber.stop()
-        enqueuer.close()
+    with running(urgent_worker(env, url, tmp_path)), subscribing(settings, url, False) as sub:
+        yield sub
 
 
 def publish(r: redis.Redis, stream: str, event_type: str, data: dict[str, Any]) -> None:
@@ -77,3 +88,29 @@ def test_a_suspension_takes_the_urgent_lane_and_a_cost_change_does_not(
     assert client.llen(EVENTS_QUEUE) == 1
     assert r.hget(KEYS.values(DataClass.CREDIT_COSTS), "op") is None
     assert urgent_pipeline.subscriber.stats["urgent_batches"] == 1
+
+
+def test_the_fast_path_applies_a_suspension_before_any_worker_and_the_task_changes_nothing(
+    r: redis.Redis,
+    settings: Any,
+    env: dict[str, str],
+    broker: tuple[str, redis.Redis],
+    tmp_path: Any,
+) -> None:
+    url, client = broker
+    status = KEYS.values(DataClass.USER_STATUS)
+    with subscribing(settings, url, fast_path=True) as sub:
+        # Given no worker at all: when a suspension is published
+        publish(r, "users", "user-changed", {"userId": "u2", "status": "suspended"})
+        # Then the subscriber applies it itself, and still sends its task (the durable path)
+        wait_until(lambda: r.hget(status, "u2") == b"suspended", what="the fast path")
+        wait_until(lambda: client.llen(EVENTS_URGENT_QUEUE) == 1, what="the urgent task")
+        assert sub.subscriber.stats["fast_path_events"] == 1
+        stamps = r.hgetall(KEYS.stamps(DataClass.USER_STATUS))
+        # When a worker then runs the task
+        with running(urgent_worker(env, url, tmp_path)):
+            wait_until(lambda: client.llen(EVENTS_URGENT_QUEUE) == 0, timeout=20, what="task")
+            wait_until(lambda: not client.hlen("unacked"), timeout=20, what="task done")
+        # Then applying it again changed no critical field (its stamp included)
+        assert r.hget(status, "u2") == b"suspended"
+        assert r.hgetall(KEYS.stamps(DataClass.USER_STATUS)) == stamps
