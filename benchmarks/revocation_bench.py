@@ -274,7 +274,7 @@ def figures(name: str, phases: dict[str, list[float]], rate: int) -> list[str]:
     return rows
 
 
-PREFIXES = ("m", "u", "a", "f")
+PREFIXES = ("m", "u", "a", "p", "f")
 
 
 def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict[str, str]]]:
@@ -291,7 +291,7 @@ def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict
     subscriber = [str(BIN / "crmcache"), "subscribe"]
     events = "crm.events,crm.events.bulk,crm.preload"
     floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", url]
-    blind = {"CRM_BENCH_ACCESS_BLIND": "1"}
+    blind, slow = {"CRM_BENCH_ACCESS_BLIND": "1"}, {"CRM_REVOKE_FAST_PATH": "0"}
     urgent = [
         worker("prefork", args.workers, events),
         worker("solo", 1, "crm.events.urgent"),
@@ -302,10 +302,11 @@ def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict
             "as before (no urgent lane, blind readers)",
             "m",
             [worker("prefork", args.workers, events), subscriber],
-            {"CRM_URGENT_LANE": "0", **blind},
+            {"CRM_URGENT_LANE": "0", **slow, **blind},
         ),
-        ("+ urgent lane (solo worker)", "u", urgent, blind),
-        ("+ readers keep access on cost changes", "a", urgent, {}),
+        ("+ urgent lane (solo worker)", "u", urgent, {**slow, **blind}),
+        ("+ readers keep access on cost changes", "a", urgent, slow),
+        ("+ subscriber fast path (all of it)", "p", urgent, {}),
         ("plain loop (floor), same readers", "f", [floor], {}),
     ]
 
