@@ -157,7 +157,9 @@ def hops_of(
 
 
 def table(name: str, rows: list[dict[str, float]]) -> list[str]:
-    """Median time of reaching each hop, and the median step from the hop before."""
+    """Median time of reaching each hop, and the median step from the hop before it in the
+    pipeline's own order (the fast path applies before the task is sent: rows are sorted by
+    time, steps are not)."""
     lines = [f"\n{name}: where the milliseconds go (lone revokes, n={len(rows)}, medians)"]
     steps: dict[str, list[float]] = {}
     for row in rows:
@@ -166,9 +168,8 @@ def table(name: str, rows: list[dict[str, float]]) -> list[str]:
             if hop in row:
                 steps.setdefault(hop, []).append(row[hop] - previous)
                 previous = row[hop]
-    for hop, label in HOPS:
-        if hop in steps:
-            at = statistics.median(r[hop] for r in rows if hop in r)
-            step = statistics.median(steps[hop])
-            lines.append(f"  {label:<42} at {at:7.2f} ms   step {step:6.2f} ms")
+    reached = {hop: statistics.median(r[hop] for r in rows if hop in r) for hop in steps}
+    for hop, label in sorted((h for h in HOPS if h[0] in steps), key=lambda h: reached[h[0]]):
+        at, step = reached[hop], statistics.median(steps[hop])
+        lines.append(f"  {label:<42} at {at:7.2f} ms   step {step:6.2f} ms")
     return lines

@@ -332,6 +332,7 @@ def main() -> int:
     parser.add_argument(
         "--trace", action="store_true", help="per-hop timestamps of the lone revokes (MONITOR)"
     )
+    parser.add_argument("--pipelines", help="only these, by probe prefix (m,u,a,p,f; default: all)")
     parser.add_argument("--reader", nargs=2, metavar=("PREFIX", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--floor", metavar="REDIS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,6 +374,8 @@ def main() -> int:
         preload_tenant(Store(r), client, TENANT)
         client.close()
         for name, prefix, commands, extra in pipelines(args, server.url):
+            if args.pipelines and prefix not in args.pipelines.split(","):
+                continue
             app = "benchmarks.revocation_bench:api_app"
             with uvicorn_server(app, {**env, **extra}) as api_port:
                 with processes(commands, {**env, **extra}):
