@@ -7,7 +7,8 @@ each process sends, with one clock, so the hops that touch Redis are read off it
     INCRBY crm:{t}:seq ............... the subscriber flushes its batch (stamps reserved)
     LPUSH <events queue> ............. the task is in the broker (send_task done)
     ZADD unacked_index ............... the worker's consumer took it (acks_late bookkeeping)
-    EVALSHA apply_events ............. the pool process runs the Lua (the task started)
+    EVALSHA apply_events ............. the Lua runs: in the pool process (the task started), or
+                                       first in the subscriber (the fast path)
     PUBLISH crm:{t}:changes (lua) .... the change notification (the Lua is done)
     EVALSHA read_access <user> ....... the last reader's refetch
 
@@ -90,7 +91,7 @@ HOPS = (
     ("stamped", "subscriber flush (INCRBY stamps)"),
     ("enqueued", "send_task done (LPUSH)"),
     ("fetched", "worker consumer took it (ZADD unacked)"),
-    ("lua", "pool process runs apply_events.lua"),
+    ("lua", "apply_events.lua runs (first time)"),
     ("notified", "change notification PUBLISHed"),
     ("heard", "last reader process heard it"),
     ("refetched", "last reader refetch (read_access)"),
@@ -157,17 +158,15 @@ def hops_of(
 
 
 def table(name: str, rows: list[dict[str, float]]) -> list[str]:
-    """Median time of reaching each hop, and the median step from the hop before it in the
-    pipeline's own order (the fast path applies before the task is sent: rows are sorted by
-    time, steps are not)."""
+    """Median time of reaching each hop, and the median step from the hop reached before it
+    (in time: with the fast path the Lua runs before the task is sent)."""
     lines = [f"\n{name}: where the milliseconds go (lone revokes, n={len(rows)}, medians)"]
     steps: dict[str, list[float]] = {}
     for row in rows:
         previous = 0.0
-        for hop, _ in HOPS:
-            if hop in row:
-                steps.setdefault(hop, []).append(row[hop] - previous)
-                previous = row[hop]
+        for hop, at in sorted(row.items(), key=lambda item: item[1]):
+            steps.setdefault(hop, []).append(at - previous)
+            previous = at
     reached = {hop: statistics.median(r[hop] for r in rows if hop in r) for hop in steps}
     for hop, label in sorted((h for h in HOPS if h[0] in steps), key=lambda h: reached[h[0]]):
         at, step = reached[hop], statistics.median(steps[hop])
