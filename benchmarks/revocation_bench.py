@@ -27,12 +27,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import httpx
 import redis
 
 from benchmarks.api_bench import uvicorn_server
+from benchmarks.hop_trace import Monitor, hops_of, table
 from benchmarks.pipeline_bench import BIN, ROOT, cpu_model, processes, wait_for
 from crmcache.keyspace import DataClass, TenantKeys
 
@@ -67,14 +69,49 @@ def reader_main(prefix: str, count: int) -> None:
     """A reader process: say ready once every probe is granted, then for each probe in turn
     poll until it is denied and note when; print the times as JSON at the end."""
     from consumer import SmartCRMConsumer
+    from consumer.read.cache import CRMCache
 
+    heard: list[float] = []
+    if os.environ.get("CRM_BENCH_TRACE"):  # when the notification reached this process
+        on_change = CRMCache.on_change
+
+        def traced(self: CRMCache, *args: Any) -> None:
+            heard.append(time.perf_counter())
+            on_change(self, *args)
+
+        CRMCache.on_change = traced  # type: ignore[method-assign]
+    access_blind()
     crm = SmartCRMConsumer(TENANT)
     users = probe_users(prefix, count)
     if not wait_for(lambda: all(crm.check_permission(u, PERMISSION) for u in users), 60):
         raise SystemExit("probes never granted")
     print("ready", flush=True)
-    print(json.dumps(watch(users, lambda u: crm.check_permission(u, PERMISSION))), flush=True)
+    denied = watch(users, lambda u: crm.check_permission(u, PERMISSION))
+    print(json.dumps({"denied": denied, "heard": heard}), flush=True)
     crm.shutdown()
+
+
+def access_blind() -> None:
+    """With CRM_BENCH_ACCESS_BLIND, readers as they were before they kept users and roles on a
+    change that wrote no access field: the notification's ``access`` is ignored."""
+    if not os.environ.get("CRM_BENCH_ACCESS_BLIND"):
+        return
+    from consumer.read.near_cache import NearCache
+
+    notify = NearCache.notify
+
+    def blind(self: NearCache, version: int, written: int | None = None, *_: Any) -> None:
+        notify(self, version, written)
+
+    NearCache.notify = blind  # type: ignore[method-assign]
+
+
+def api_app() -> Any:
+    """The HTTP API's app, its readers ``access_blind`` when asked."""
+    from consumer.api.app import create_app
+
+    access_blind()
+    return create_app()
 
 
 def watch(users: list[str], allowed: Callable[[str], bool]) -> list[float]:
@@ -118,13 +155,15 @@ def plain_loop(url: str, stop: threading.Event) -> None:
         body = json.loads(message["data"])
         data = body["data"]
         pipe = client.pipeline(transaction=True)
-        if body["eventType"] == "user-changed":
+        access = int(body["eventType"] == "user-changed")
+        if access:
             pipe.hset(KEYS.values(DataClass.USER_STATUS), data["userId"], data["status"])
         else:
             pipe.hset(KEYS.values(DataClass.CREDIT_COSTS), data["operationCode"], data["newValue"])
         pipe.hincrby(KEYS.meta, "version", 1)
         version = pipe.execute()[-1]
-        client.publish(KEYS.changes_channel, json.dumps({"version": version, "written": 1}))
+        notice = {"version": version, "written": 1, "access": access}
+        client.publish(KEYS.changes_channel, json.dumps(notice))
     pubsub.close()
     client.close()
 
@@ -190,23 +229,36 @@ def measure(
     api = api_watcher(api_port, users, api_seen)
     time.sleep(0.5)
     sent: list[float] = []
-    revoke_all(r, wrapper, users[: args.revokes], args.interval, sent)
+    with Monitor(args.url) if args.trace else nullcontext() as monitor:
+        revoke_all(r, wrapper, users[: args.revokes], args.interval, sent)
+        time.sleep(0.1)
     broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
     with Background(args.url, args.rate):
         time.sleep(0.5)
         revoke_all(r, wrapper, users[args.revokes :], args.interval, sent)
-        depth = {q: broker.llen(q) for q in ("crm.events", "crm.events.bulk")}
+        depth = {q: broker.llen(q) for q in ("crm.events.urgent", "crm.events", "crm.events.bulk")}
     broker.close()
     print(f"  {prefix} broker queue depth at the end of the load: {depth}", file=sys.stderr)
     api.join(timeout=30)
-    seen = [api_seen]
+    seen, heard = [api_seen], []
     for proc in readers:
         out, _ = proc.communicate(timeout=60)
-        seen.append(json.loads(out.strip().splitlines()[-1]))
-    latencies = [(max(times[k] for times in seen) - at) * 1000 for k, at in enumerate(sent)]
+        answer = json.loads(out.strip().splitlines()[-1])
+        seen.append(answer["denied"])
+        heard.append(answer["heard"])
+    last = [max(times[k] for times in seen) for k in range(len(sent))]
+    latencies = [(t - at) * 1000 for t, at in zip(last, sent, strict=True)]
+    if monitor is not None:
+        n = args.revokes
+        rows = hops_of(monitor.commands, users[:n], sent[:n], last[:n], heard)
+        print("\n".join(table(prefix, rows)), file=sys.stderr)
     for name, times in zip(("api", *(f"reader{i}" for i in range(READERS))), seen, strict=True):
-        lone = [(times[k] - at) * 1000 for k, at in enumerate(sent[: args.revokes])]
-        print(f"  {prefix} {name}: lone p50 {statistics.median(lone):.2f} ms", file=sys.stderr)
+        each = [(times[k] - at) * 1000 for k, at in enumerate(sent)]
+        lone, loaded = (
+            statistics.median(each[: args.revokes]),
+            statistics.median(each[args.revokes :]),
+        )
+        print(f"  {prefix} {name}: p50 lone {lone:.2f} ms, loaded {loaded:.2f} ms", file=sys.stderr)
     return {"lone": latencies[: args.revokes], "background": latencies[args.revokes :]}
 
 
@@ -216,16 +268,53 @@ def figures(name: str, phases: dict[str, list[float]], rate: int) -> list[str]:
         q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
         label = "lone revoke" if phase == "lone" else f"revoke @{rate} ev/s"
         rows.append(
-            f"{name:<34} {label:<22} n={len(values):<4} p50 {q[49]:7.2f} ms  "
+            f"{name:<42} {label:<20} n={len(values):<4} p50 {q[49]:7.2f} ms  "
             f"p99 {q[98]:7.2f} ms  max {max(values):7.2f} ms"
         )
     return rows
 
 
+PREFIXES = ("m", "u", "a", "p", "f")
+
+
+def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict[str, str]]]:
+    """(name, probe prefix, processes, environment) of each pipeline, measured in turn: the
+    pipeline as it was before the urgent lane, with it, and the floor."""
+
+    def worker(pool: str, concurrency: int, queues: str) -> list[str]:
+        return [
+            str(BIN / "celery"), "-A", "tasks", "worker", f"--pool={pool}",
+            f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
+            "--loglevel=WARNING", "-Q", queues,
+        ]  # fmt: skip
+
+    subscriber = [str(BIN / "crmcache"), "subscribe"]
+    events = "crm.events,crm.events.bulk,crm.preload"
+    floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", url]
+    blind, slow = {"CRM_BENCH_ACCESS_BLIND": "1"}, {"CRM_REVOKE_FAST_PATH": "0"}
+    urgent = [
+        worker("prefork", args.workers, events),
+        worker("solo", 1, "crm.events.urgent"),
+        subscriber,
+    ]
+    return [
+        (
+            "as before (no urgent lane, blind readers)",
+            "m",
+            [worker("prefork", args.workers, events), subscriber],
+            {"CRM_URGENT_LANE": "0", **slow, **blind},
+        ),
+        ("+ urgent lane (solo worker)", "u", urgent, {**slow, **blind}),
+        ("+ readers keep access on cost changes", "a", urgent, slow),
+        ("+ subscriber fast path (all of it)", "p", urgent, {}),
+        ("plain loop (floor), same readers", "f", [floor], {}),
+    ]
+
+
 def data(count: int) -> dict[str, Any]:
     users = [
         {"userId": u, "status": "active", "roles": ["sales"]}
-        for prefix in ("c", "f")
+        for prefix in PREFIXES
         for u in probe_users(prefix, count)
     ]
     roles = [{"roleId": "sales", "roleName": "Sales", "permissions": [PERMISSION]}]
@@ -240,6 +329,10 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between revokes")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--quick", action="store_true", help="10 revokes per phase")
+    parser.add_argument(
+        "--trace", action="store_true", help="per-hop timestamps of the lone revokes (MONITOR)"
+    )
+    parser.add_argument("--pipelines", help="only these, by probe prefix (m,u,a,p,f; default: all)")
     parser.add_argument("--reader", nargs=2, metavar=("PREFIX", "COUNT"), help=argparse.SUPPRESS)
     parser.add_argument("--floor", metavar="REDIS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,30 +366,26 @@ def main() -> int:
             "CRM_TENANTS": TENANT,
             "CRM_API_KEYS": f"{TENANT}:{API_KEY}",
             "CRM_LOG_LEVEL": "WARNING",
+            **({"CRM_BENCH_TRACE": "1"} if args.trace else {}),
         }
         r = redis.Redis.from_url(server.url)
         settings = load_settings(REDIS_URL=server.url, WRAPPER_API_URL=wrapper.url)
         client = WrapperClient(settings)
         preload_tenant(Store(r), client, TENANT)
         client.close()
-        worker = [
-            str(BIN / "celery"), "-A", "tasks", "worker", "--pool=prefork",
-            f"--concurrency={args.workers}", "--without-gossip", "--without-mingle",
-            "--loglevel=WARNING", "-Q", "crm.events,crm.events.bulk,crm.preload",
-        ]  # fmt: skip
-        subscriber = [str(BIN / "crmcache"), "subscribe"]
-        with uvicorn_server("consumer.api.app:create_app", env) as api_port:
-            with processes([worker, subscriber], env):
-                if not wait_for(lambda: r.publish(KEYS.channel("users"), "{}") >= 1, 30):
-                    raise RuntimeError("the subscriber did not start")
-                time.sleep(1.0)
-                rows += figures("crmcache (subscriber + worker)", measure(
-                    r, wrapper, env, api_port, "c", args), args.rate)  # fmt: skip
-            floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", server.url]
-            with processes([floor], env):
-                time.sleep(1.0)
-                rows += figures("plain loop (floor)", measure(
-                    r, wrapper, env, api_port, "f", args), args.rate)  # fmt: skip
+        for name, prefix, commands, extra in pipelines(args, server.url):
+            if args.pipelines and prefix not in args.pipelines.split(","):
+                continue
+            app = "benchmarks.revocation_bench:api_app"
+            with uvicorn_server(app, {**env, **extra}) as api_port:
+                with processes(commands, {**env, **extra}):
+                    if prefix != "f" and not wait_for(
+                        lambda: r.publish(KEYS.channel("users"), "{}") >= 1, 30
+                    ):
+                        raise RuntimeError("the subscriber did not start")
+                    time.sleep(1.0)
+                    phases = measure(r, wrapper, {**env, **extra}, api_port, prefix, args)
+                    rows += figures(name, phases, args.rate)
         r.close()
     load = os.getloadavg()
     print(

@@ -12,10 +12,21 @@ from config.settings import Settings
 EVENTS_QUEUE = "crm.events"
 EVENTS_BULK_QUEUE = "crm.events.bulk"
 """The bulk lane: batches of tenants that flood (consumer/ingest/lanes.py). Workers consume both."""
+EVENTS_URGENT_QUEUE = "crm.events.urgent"
+"""The urgent lane: batches of events that may revoke access (consumer/ingest/lanes.py). Every
+worker consumes it; a dedicated solo-pool worker (``-P solo -Q crm.events.urgent``) takes them
+without the prefork hop or a wait behind other batches."""
 PRELOAD_QUEUE = "crm.preload"
 CREDITS_QUEUE = "crm.credits"
 METRICS_QUEUE = "crm.metrics"
-QUEUES = (EVENTS_QUEUE, EVENTS_BULK_QUEUE, PRELOAD_QUEUE, CREDITS_QUEUE, METRICS_QUEUE)
+QUEUES = (
+    EVENTS_URGENT_QUEUE,
+    EVENTS_QUEUE,
+    EVENTS_BULK_QUEUE,
+    PRELOAD_QUEUE,
+    CREDITS_QUEUE,
+    METRICS_QUEUE,
+)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

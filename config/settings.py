@@ -90,6 +90,12 @@ class Settings(ReadSettings, ApiSettings):
     event_lanes: bool = Field(default=True, validation_alias=env("CRM_EVENT_LANES"))
     """Send flooding tenants' batches to the bulk lane (crm.events.bulk); see
     consumer/ingest/lanes.py."""
+    urgent_lane: bool = Field(default=True, validation_alias=env("CRM_URGENT_LANE"))
+    """Send events that may revoke access at once, in batches of their own, to the urgent lane
+    (crm.events.urgent); see consumer/ingest/lanes.py."""
+    revoke_fast_path: bool = Field(default=True, validation_alias=env("CRM_REVOKE_FAST_PATH"))
+    """The subscriber applies a few revoking events itself before sending their task (which
+    stays the durable path); see consumer/ingest/fast_path.py."""
     bulk_threshold: int = Field(
         default=200, ge=1, le=1_000_000, validation_alias=env("CRM_BULK_THRESHOLD")
     )

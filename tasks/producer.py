@@ -7,7 +7,13 @@ from typing import Any
 from celery import Celery
 
 from config.amqp import TruncatingAMQP
-from config.celery import EVENTS_BULK_QUEUE, EVENTS_QUEUE, PRELOAD_QUEUE, celery_config
+from config.celery import (
+    EVENTS_BULK_QUEUE,
+    EVENTS_QUEUE,
+    EVENTS_URGENT_QUEUE,
+    PRELOAD_QUEUE,
+    celery_config,
+)
 from config.settings import Settings
 
 
@@ -18,9 +24,12 @@ class CeleryEnqueuer:
         self.app = Celery("crmcache-subscriber", amqp=TruncatingAMQP)
         self.app.conf.update(celery_config(settings))
 
-    def apply_events(self, tenant: str, events: list[dict[str, Any]], bulk: bool = False) -> None:
-        """One batch; `bulk` sends it to the bulk lane (a tenant that floods)."""
-        queue = EVENTS_BULK_QUEUE if bulk else EVENTS_QUEUE
+    def apply_events(
+        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False, urgent: bool = False
+    ) -> None:
+        """One batch; `bulk` sends it to the bulk lane (a tenant that floods), `urgent` to the
+        urgent lane (events that may revoke access)."""
+        queue = EVENTS_URGENT_QUEUE if urgent else EVENTS_BULK_QUEUE if bulk else EVENTS_QUEUE
         self.app.send_task(
             "crmcache.apply_events", args=(tenant, events), queue=queue, routing_key=queue
         )

@@ -28,6 +28,24 @@ def test_a_revocation_in_a_bulk_tenant_does_not_wait_for_the_bulk_batch() -> Non
     ]
 
 
+def test_with_revoke_at_once_a_revocation_makes_every_batch_due_at_once() -> None:
+    # Given a busy socket: a bulk tenant's young batch and an interactive tenant's, just flushed
+    batcher = Batcher(100, 0.005, 1000, 0.05, revoke_at_once=True)
+    batcher.bulk = frozenset({"acme"})
+    batcher.add(event(), now=10.0)
+    batcher.drain(now=10.0)
+    batcher.add(event("globex"), now=10.001)
+    batcher.add(event(), now=10.001)
+    assert not batcher.due(now=10.001, idle=False)
+    # When a suspension arrives in the bulk tenant
+    batcher.add(revoke(), now=10.001)
+    # Then a flush is due at once and takes the bulk tenant's batch too, revocation and all
+    assert batcher.due(now=10.001, idle=False)
+    drained = batcher.drain(10.001, everything=False)
+    assert [e.event_type for e in drained["acme"]] == ["credit-config-changed", "user-changed"]
+    assert "globex" in drained and not batcher.due(now=10.001, idle=False)
+
+
 def test_a_lone_event_is_due_at_once_when_the_socket_is_idle() -> None:
     batcher = Batcher(batch_size=100, flush_interval=0.005)
     batcher.add(event(), now=10.0)

@@ -25,8 +25,8 @@ from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = {"redis", "worker", "beat", "subscriber", "api", "flower"}
-APP_SERVICES = {"worker", "beat", "subscriber", "api", "flower", "sandbox"}
+SERVICES = {"redis", "worker", "urgent-worker", "beat", "subscriber", "api", "flower"}
+APP_SERVICES = {"worker", "urgent-worker", "beat", "subscriber", "api", "flower", "sandbox"}
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))
 CELERY = str(Path(sys.executable).with_name("celery"))
 
@@ -66,6 +66,21 @@ def test_docker_compose_config_accepts_the_file() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_every_queue_has_a_worker_and_the_urgent_lane_one_of_its_own(
+    compose: dict[str, Any],
+) -> None:
+    from config.celery import EVENTS_URGENT_QUEUE, QUEUES
+
+    def queues(service: str) -> set[str]:
+        command = compose["services"][service]["command"]
+        options = [part for part in command if part.startswith("--queues=")]
+        return set(options[0].split("=", 1)[1].split(",")) if options else set(QUEUES)
+
+    assert queues("urgent-worker") == {EVENTS_URGENT_QUEUE}
+    assert "--pool=solo" in compose["services"]["urgent-worker"]["command"]
+    assert queues("worker") == set(QUEUES) - {EVENTS_URGENT_QUEUE}
 
 
 def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:

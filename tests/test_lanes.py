@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.ingest.batcher import Batcher
-from consumer.ingest.lanes import LaneRouter, lane_batches
+from consumer.ingest.lanes import BULK, INTERACTIVE, URGENT, LaneRouter, lane_batches
 from crmcache.events import Event
 
 
@@ -115,11 +115,28 @@ def test_a_bulk_tenant_s_revocations_take_the_interactive_lane_in_a_batch_of_the
     events = [event("acme"), suspend, event("acme"), event("acme")]
     bodies = ["cost1", "suspend", "cost2", "cost3"]
     assert list(lane_batches(events, bodies, True, 100, 2)) == [
-        (False, ["suspend"]),
-        (True, ["cost1", "cost2"]),
-        (True, ["cost3"]),
+        (INTERACTIVE, ["suspend"]),
+        (BULK, ["cost1", "cost2"]),
+        (BULK, ["cost3"]),
     ]
     assert list(lane_batches(events, bodies, False, 3, 2)) == [
-        (False, ["cost1", "suspend", "cost2"]),
-        (False, ["cost3"]),
+        (INTERACTIVE, ["cost1", "suspend", "cost2"]),
+        (INTERACTIVE, ["cost3"]),
+    ]
+
+
+def test_with_the_urgent_lane_every_tenant_s_revocations_leave_first_on_it() -> None:
+    # Given a batch of an interactive tenant, and one of a bulk tenant, holding a suspension
+    suspend = Event("acme", "users", "user-changed", {"userId": "u", "status": "suspended"})
+    events = [event("acme"), suspend, event("acme")]
+    bodies = ["cost1", "suspend", "cost2"]
+    # Then the suspension leaves first, on the urgent lane, and the rest on the tenant's lane
+    assert list(lane_batches(events, bodies, False, 100, 2, urgent_lane=True)) == [
+        (URGENT, ["suspend"]),
+        (INTERACTIVE, ["cost1", "cost2"]),
+    ]
+    assert list(lane_batches(events, bodies, True, 100, 1, urgent_lane=True)) == [
+        (URGENT, ["suspend"]),
+        (BULK, ["cost1"]),
+        (BULK, ["cost2"]),
     ]

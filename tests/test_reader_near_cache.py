@@ -101,7 +101,9 @@ class Subscribing:
     def __init__(self) -> None:
         self.subscribed = 0
 
-    def on_change(self, tenant: str, version: int, written: int | None) -> None: ...
+    def on_change(
+        self, tenant: str, version: int, written: int | None, access: int | None = None
+    ) -> None: ...
 
     def on_disconnect(self) -> None: ...
 
@@ -277,3 +279,53 @@ def test_an_event_that_writes_no_critical_field_keeps_the_near_cache_warm(
         )
         # Then critical reads still come from the near-cache
         assert crm.get_credit_cost_detail("crm.leads.create").source == "near-cache"
+
+
+def test_a_change_that_wrote_no_access_field_keeps_users_and_roles_current() -> None:
+    cache = NearCache(staleness_ms=1000, max_entries=100)
+    gen = cache.observe(b"A", 5, started=1.0, ready=True)
+    assert gen is not None
+    # When the next version wrote costs only: costs of older generations are no longer current,
+    # users and roles are
+    cache.notify(6, written=1, access=0)
+    assert cache.gen > gen and cache.access_floor <= gen
+    # ... but a version after a gap, or one that wrote an access field, drops them too
+    cache.notify(8, written=1, access=0)
+    assert cache.access_floor == cache.gen
+    floor = cache.access_floor
+    cache.notify(9, written=2, access=1)
+    assert cache.access_floor == cache.gen > floor
+
+
+def test_a_cost_change_keeps_permission_answers_in_the_near_cache(
+    store: Any, wrapper: Any, settings: Any
+) -> None:
+    # Given a reader with a warm near-cache, subscribed and settled
+    preload(store, settings)
+    with reader(settings, near_cache_staleness_ms=60_000) as crm:
+        crm.initialize()
+        wait_until(lambda: crm.cache.listening, what="the subscription")
+        time.sleep(0.3)
+        assert crm.check_permission_detail("user-456", "crm.leads.create").source == "near-cache"
+        before = crm.get_metrics()["nearCache"]["version"]
+        # When the workers apply a credit-config change (it bumps the version)
+        data = {"operationCode": "crm.contacts.view", "newValue": 2}
+        seq = int(store.redis.incr(KEYS.seq))
+        event = Event("acme", "credit-configs", "credit-config-changed", data, seq=seq)
+        store.apply_events("acme", [event])
+        wait_until(
+            lambda: crm.get_metrics()["nearCache"]["version"] == before + 1,
+            what="the notification",
+        )
+        # Then permission checks still come from the near-cache, and the cost from Redis
+        assert crm.check_permission_detail("user-456", "crm.leads.create").source == "near-cache"
+        assert crm.get_credit_cost_detail("crm.contacts.view").cost == 2
+        # And a suspension's notification does drop the user's entry
+        seq = int(store.redis.incr(KEYS.seq))
+        data = {"userId": "user-456", "status": "suspended"}
+        store.apply_events("acme", [Event("acme", "users", "user-changed", data, seq=seq)])
+        wait_until(
+            lambda: not crm.check_permission("user-456", "crm.leads.create"),
+            timeout=2.0,
+            what="the suspension",
+        )

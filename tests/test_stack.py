@@ -27,7 +27,7 @@ from ops.dev.stack import Part, PartFailed, Supervisor, group_alive
 from tests.conftest import wait_until
 
 CRMCACHE = str(Path(sys.executable).with_name("crmcache"))
-PARTS = {"redis", "sandbox", "worker", "beat", "subscriber", "api", "flower"}
+PARTS = {"redis", "sandbox", "worker", "urgent-worker", "beat", "subscriber", "api", "flower"}
 
 
 def new_user_env() -> dict[str, str]:

@@ -16,7 +16,10 @@ that the pipeline keeps up with gets no extra latency.
 Except for revocations: a bulk tenant's batch that holds an event that may take access away (a
 user suspended or deleted, a role changed or deleted) is due like an interactive tenant's, and
 the subscriber sends those events in a batch of their own on the interactive lane; a flood of
-them still makes at most one such batch per `flush_interval`.
+them still makes at most one such batch per `flush_interval`. With `revoke_at_once` (the
+urgent lane, ``CRM_URGENT_LANE``) such an event does not even wait for the interval: it makes
+every pending batch due at once, whichever the tenant; under a flood of them the batches still
+grow with the backlog, since each turn of the subscriber reads what arrived meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Batcher:
         flush_interval: float,
         bulk_batch_size: int | None = None,
         bulk_flush_interval: float | None = None,
+        revoke_at_once: bool = False,
     ) -> None:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -42,6 +46,9 @@ class Batcher:
         self._urgent: set[str] = set()
         """Bulk tenants whose pending batch holds an event that may revoke access
         (``crmcache.events.may_revoke``): their batch is due like an interactive one."""
+        self.revoke_at_once = revoke_at_once
+        self._revoking = False
+        """A pending event may revoke access (and ``revoke_at_once``): a flush is due now."""
         self._count = 0
         self._full = False
         self._last_flush = float("-inf")
@@ -69,16 +76,22 @@ class Batcher:
             self._full = True
         if may_revoke(event):
             self._urgent.add(event.tenant)
+            self._revoking = self.revoke_at_once
 
     def _ripe(self, tenant: str, now: float) -> bool:
         """A bulk tenant's batch is due only when full or old enough."""
         limit, interval = self._limits(tenant)
         return len(self._pending[tenant]) >= limit or now >= self._first[tenant] + interval
 
+    def _revoking_in(self, tenant: str) -> bool:
+        return self._revoking and tenant in self._urgent
+
     def due(self, now: float, idle: bool) -> bool:
         if not self._count:
             return False
-        if self._full or (idle and now - self._last_flush >= self.flush_interval):
+        if self._full or self._revoking:
+            return True
+        if idle and now - self._last_flush >= self.flush_interval:
             return True
         interactive = [t for t in self._first if t not in self.bulk or t in self._urgent]
         if interactive and now - min(self._first[t] for t in interactive) >= self.flush_interval:
@@ -102,11 +115,11 @@ class Batcher:
         else:
             pending = {}
             for tenant in list(self._pending):
-                if tenant not in self.bulk or self._ripe(tenant, now):
+                if tenant not in self.bulk or self._revoking_in(tenant) or self._ripe(tenant, now):
                     pending[tenant] = self._pending.pop(tenant)
                     del self._first[tenant]
                     self._urgent.discard(tenant)
         self._count -= sum(len(events) for events in pending.values())
-        self._full = False
+        self._full = self._revoking = False
         self._last_flush = now
         return pending

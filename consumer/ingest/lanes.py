@@ -11,7 +11,10 @@ waits for at most the bulk batches already running, never for the whole import.
 Pure logic, no I/O: the rate is an exponentially decaying count with a one-second time
 constant; a tenant leaves the bulk lane when its rate falls under half the threshold, so that a
 steady flood does not flap between lanes. ``lane_batches`` splits a tenant's batch by lane: a
-flooding tenant's revocations go first, on the interactive lane.
+flooding tenant's revocations go first, on the interactive lane; with the urgent lane on
+(``CRM_URGENT_LANE``, the default) every tenant's revocations go first, on the *urgent* lane
+(``crm.events.urgent``), which a dedicated worker serves without the prefork hop and without
+waiting behind other batches.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 from crmcache.events import Event, may_revoke
 
+INTERACTIVE, BULK, URGENT = "interactive", "bulk", "urgent"
+"""The lanes: crm.events, crm.events.bulk, crm.events.urgent (config/celery.py)."""
 TIME_CONSTANT = 1.0
 """Seconds: a burst of N events counts about N/e after this long."""
 
@@ -67,18 +72,26 @@ class LaneRouter:
 
 
 def lane_batches(
-    events: list[Event], bodies: list[Any], bulk: bool, size: int, bulk_size: int
-) -> Iterator[tuple[bool, list[Any]]]:
-    """A tenant's task bodies (one per event) as (bulk lane?, batch). A bulk tenant's events
-    that may revoke access leave first, in a batch of their own on the interactive lane: order
-    does not matter to the store (stamps), and a suspension must not queue behind a flood."""
-    if not bulk:
+    events: list[Event],
+    bodies: list[Any],
+    bulk: bool,
+    size: int,
+    bulk_size: int,
+    urgent_lane: bool = False,
+) -> Iterator[tuple[str, list[Any]]]:
+    """A tenant's task bodies (one per event) as (lane, batch). Events that may revoke access
+    leave first, in batches of their own: on the urgent lane when ``urgent_lane``, else (for a
+    bulk tenant) on the interactive lane. Order does not matter to the store (stamps), and a
+    suspension must not queue behind a flood."""
+    if not bulk and not urgent_lane:
         for start in range(0, len(bodies), size):
-            yield False, bodies[start : start + size]
+            yield INTERACTIVE, bodies[start : start + size]
         return
-    urgent = [b for e, b in zip(events, bodies, strict=True) if may_revoke(e)]
-    if urgent:
-        yield False, urgent
-    rest = [b for e, b in zip(events, bodies, strict=True) if not may_revoke(e)]
-    for start in range(0, len(rest), bulk_size):
-        yield True, rest[start : start + bulk_size]
+    revoking = [may_revoke(e) for e in events]
+    first = [b for b, r in zip(bodies, revoking, strict=True) if r]
+    rest = [b for b, r in zip(bodies, revoking, strict=True) if not r]
+    for start in range(0, len(first), size):
+        yield URGENT if urgent_lane else INTERACTIVE, first[start : start + size]
+    lane, step = (BULK, bulk_size) if bulk else (INTERACTIVE, size)
+    for start in range(0, len(rest), step):
+        yield lane, rest[start : start + step]

@@ -32,8 +32,9 @@ from redis.retry import Retry
 
 from config.settings import Settings
 from consumer.ingest.batcher import Batcher
+from consumer.ingest.fast_path import FastPath
 from consumer.ingest.inflight import InFlight
-from consumer.ingest.lanes import LaneRouter, lane_batches
+from consumer.ingest.lanes import BULK, INTERACTIVE, URGENT, LaneRouter, lane_batches
 from consumer.ingest.pubsub_shards import ConnectionLost, PubSubShards, channel_groups, shard_of
 from crmcache import keyspace
 from crmcache.errors import InvalidEvent, StoreUnavailable
@@ -47,19 +48,19 @@ logger = logging.getLogger(__name__)
 
 GAP_RESYNC_INTERVAL = 5.0
 RECENT_IDS = 100_000
-_CONNECTION_ERRORS = (
+_RECONNECT_ON = (
     ConnectionLost,
     StoreUnavailable,
-    KombuOperationalError,
     redis.ConnectionError,
     redis.TimeoutError,
     OSError,
 )
+_CONNECTION_ERRORS = (*_RECONNECT_ON, KombuOperationalError)
 
 
 class Enqueuer(Protocol):
     def apply_events(
-        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False
+        self, tenant: str, events: list[dict[str, Any]], bulk: bool = False, urgent: bool = False
     ) -> None: ...
 
     def preload(self, tenant: str | None, reason: str) -> None: ...
@@ -82,8 +83,11 @@ class Subscriber:
             settings.flush_interval_ms / 1000,
             bulk_batch_size=settings.bulk_batch_size,
             bulk_flush_interval=settings.bulk_flush_interval_ms / 1000,
+            revoke_at_once=settings.urgent_lane,
         )
         self.lanes = LaneRouter(settings.bulk_threshold) if settings.event_lanes else None
+        fast = settings.revoke_fast_path
+        self.fast_path = FastPath(self.store, settings.dedupe_window, self.stats) if fast else None
         self._stop = threading.Event()
         self._last_seq: dict[tuple[str, str], int] = {}
         self._last_gap_resync: dict[str, float] = {}
@@ -134,13 +138,7 @@ class Subscriber:
                     continue
                 self._serve()
                 failures = 0
-            except (
-                ConnectionLost,
-                StoreUnavailable,
-                redis.ConnectionError,
-                redis.TimeoutError,
-                OSError,
-            ) as exc:
+            except _RECONNECT_ON as exc:
                 failures += 1
                 self.stats["reconnects"] += 1
                 self.on_beat("reconnecting")
@@ -375,15 +373,18 @@ class Subscriber:
         try:
             firsts = self.store.reserve_stamps({t: len(evs) for t, evs in pending.items()})
             for tenant, events in pending.items():
-                bodies = [
-                    self._stamp(e, firsts[tenant] + i).to_task() for i, e in enumerate(events)
-                ]
+                stamped = [self._stamp(e, firsts[tenant] + i) for i, e in enumerate(events)]
+                if self.fast_path is not None:
+                    self.fast_path.apply(tenant, stamped)
+                bodies = [e.to_task() for e in stamped]
                 flooding = self.lanes is not None and self.lanes.is_bulk(tenant)
                 sizes = (self.settings.batch_size, self.settings.bulk_batch_size)
-                for bulk, chunk in lane_batches(events, bodies, flooding, *sizes):
-                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk)
+                urgent = self.settings.urgent_lane
+                for lane, chunk in lane_batches(events, bodies, flooding, *sizes, urgent):
+                    bulk = lane == BULK
+                    self.enqueuer.apply_events(tenant, chunk, bulk=bulk, urgent=lane == URGENT)
                     self.inflight.sent(tenant, chunk, bulk, now)
-                    self.stats["bulk_batches" if bulk else "batches"] += 1
+                    self.stats["batches" if lane == INTERACTIVE else f"{lane}_batches"] += 1
                 self.stats["published"] += len(bodies)
         except (StoreUnavailable, KombuOperationalError, OSError) as exc:
             dropped = sum(len(evs) for evs in pending.values())

@@ -38,7 +38,9 @@ POLL_SECONDS = 0.05
 class Listener(Protocol):
     """What the client offers its background thread."""
 
-    def on_change(self, tenant: str, version: int, written: int | None) -> None: ...
+    def on_change(
+        self, tenant: str, version: int, written: int | None, access: int | None = None
+    ) -> None: ...
 
     def on_disconnect(self) -> None: ...
 
@@ -145,22 +147,27 @@ def _deliver(listener: Listener, heard: list[Notice]) -> None:
         if notice.tenant is None:
             listener.on_subscribed()
             continue
-        version, written = _version_of(notice.data)
+        version, written, access = _version_of(notice.data)
         if version is not None:
-            listener.on_change(notice.tenant, version, written)
+            listener.on_change(notice.tenant, version, written, access)
 
 
-def _version_of(data: object) -> tuple[int | None, int | None]:
-    """(version, critical fields written) of a ``{"version": n, "written": w}`` notification;
-    ``written`` is None when absent (mark_ready publishes only the version)."""
+def _version_of(data: object) -> tuple[int | None, int | None, int | None]:
+    """(version, critical fields written, of which access fields) of a ``{"version": n,
+    "written": w, "access": a}`` notification; ``written`` and ``access`` are None when absent
+    (mark_ready publishes only the version, deductions no ``access``)."""
     try:
         body = json.loads(data)  # type: ignore[arg-type]
-        version, written = body["version"], body.get("written")
+        version, written, access = body["version"], body.get("written"), body.get("access")
     except (ValueError, TypeError, KeyError, AttributeError):
-        return None, None
+        return None, None, None
     if not _is_int(version):
-        return None, None
-    return version, written if _is_int(written) else None
+        return None, None, None
+    return version, _int_or_none(written), _int_or_none(access)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if _is_int(value) else None  # type: ignore[return-value]
 
 
 def _is_int(value: object) -> bool:

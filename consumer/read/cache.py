@@ -197,10 +197,12 @@ class CRMCache:
 
     # --- background work (called by consumer.read.background) ---------------------------------
 
-    def on_change(self, tenant: str, version: int, written: int | None) -> None:
+    def on_change(
+        self, tenant: str, version: int, written: int | None, access: int | None = None
+    ) -> None:
         state = self._tenants.get(tenant)
         if state is not None:
-            state.near.notify(version, written)
+            state.near.notify(version, written, access)
 
     def on_disconnect(self) -> None:
         self.listening = False

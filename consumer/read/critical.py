@@ -216,24 +216,24 @@ class CriticalReader:
         if entry is not None and self.serve_near:
             now = _monotonic()
             token = near.token
-            gen = near.gen
-            if entry[1] == gen and now < near.trusted_until:
-                decision = self._decide_cached(entry, permission, gen)
+            floor = near.access_floor
+            if entry[1] >= floor and now < near.trusted_until:
+                decision = self._decide_cached(entry, permission, floor)
                 if decision is not None:
                     age = (now - near.confirmed_at) * 1000.0
                     self.metrics.record_near_hit(PERMISSIONS, _perf_ns() - start)
                     return _check(user_id, permission, decision, False, age, "near-cache", token)
         return None
 
-    def _decide_cached(self, user: Entry, permission: str, gen: int | None) -> Decision | None:
-        """Decide from cached entries of generation ``gen`` (any generation when None); None
-        when a needed role is not cached."""
+    def _decide_cached(self, user: Entry, permission: str, floor: int | None) -> Decision | None:
+        """Decide from cached entries of generation ``floor`` or later (any generation when
+        None); None when a needed role is not cached."""
         status, role_ids = user[0]
         roles = self.near.roles
         if status == ACTIVE:
             for role in role_ids or ():
                 entry = roles.get(role)
-                if entry is None or (gen is not None and entry[1] != gen):
+                if entry is None or (floor is not None and entry[1] < floor):
                     return None
 
         def grants_of(role: str) -> Grants | None:

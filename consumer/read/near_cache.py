@@ -6,6 +6,11 @@ it was read at. The cache keeps a *generation*: a new version starts a new gener
 invalidates every entry at once (O(1)) without deleting it. Entries of older generations stay
 as the last-known-good copy that degraded mode answers from when Redis is unreachable.
 
+Users' and roles' entries are current from a floor generation on (``access_floor``), cost
+entries only in the current one: a change that wrote credit costs (or configs) but no access
+field (``access`` 0 in its notification) starts a generation without raising the floor, so
+users and roles stay warm while a flood of cost changes goes by.
+
 Staleness bound: an entry is trusted only while the version was confirmed (by a notification,
 a background check or any read) less than ``staleness_ms`` ago. A reader that missed
 notifications (pub/sub disconnect, fork) is distrusted until it confirms again.
@@ -62,6 +67,7 @@ class NearCache:
         "balances",
         "lock",
         "gen",
+        "access_floor",
         "version",
         "epoch",
         "ready",
@@ -90,6 +96,8 @@ class NearCache:
         self.changed = threading.Condition(self.lock)
         """Notified on every change notification (what an at_least_as_fresh read waits on)."""
         self.gen = 0
+        self.access_floor = 0
+        """User and role entries of a generation below it are not current."""
         self.version: int | None = None
         self.epoch: bytes | None = None
         self.ready = False
@@ -119,7 +127,7 @@ class NearCache:
                 self.epoch = epoch
                 self.version = version
                 self.token = version_token(epoch, version)
-                self.gen += 1
+                self._new_generation(access=True)
             elif version < self.version:
                 return None
             if ready is not None:
@@ -129,10 +137,11 @@ class NearCache:
                 self.trusted_until = started + self.bound
             return self.gen
 
-    def notify(self, version: int, written: int | None = None) -> None:
+    def notify(self, version: int, written: int | None = None, access: int | None = None) -> None:
         """A change notification: a higher version starts a generation, unless it is the very
         next version and the workers say it wrote no critical field (``written`` 0: only
-        reference entries or balances changed), which keeps the near-cache warm. It never
+        reference entries or balances changed), which keeps the near-cache warm; the very next
+        version with no access field written (``access`` 0) keeps users and roles warm. It never
         confirms (a notification does not name the epoch; only reads and checks confirm)."""
         with self.lock:
             if self.version is None:
@@ -140,11 +149,18 @@ class NearCache:
                 return
             if version <= self.version:
                 return
-            if not (written == 0 and version == self.version + 1):
-                self.gen += 1
+            following = version == self.version + 1
+            if not (written == 0 and following):
+                self._new_generation(access=not (access == 0 and following))
             self.version = version
             self.token = version_token(self.epoch, version)
             self.changed.notify_all()
+
+    def _new_generation(self, access: bool) -> None:
+        """Invalidate the cost entries, and with ``access`` the users' and roles' (lock held)."""
+        self.gen += 1
+        if access:
+            self.access_floor = self.gen
 
     def wait_for_change(self, timeout: float) -> None:
         """Sleep until the next change notification, at most ``timeout`` seconds."""

@@ -46,7 +46,8 @@
 --   upstream-pending until the prev arrives. An event with no prev (the first the subscriber
 --   saw since it started; it resyncs the tenant then) raises it directly, and so does a gap:
 --   a lost event never arrives, and the subscriber resyncs the tenant;
--- * when anything changed, meta.version is bumped and published on ARGV[4];
+-- * when anything changed, meta.version is bumped and published on ARGV[4], with the number of
+--   critical fields written and, of those, access fields (roles, user-status, user-roles);
 -- * every batch that ran is recorded by its highest stamp for ARGV[5] ms, changed or not, so
 --   the subscriber can tell a batch held by a hung worker from one that was applied.
 -- * the reply names the (epoch, version) the batch left: its consistency token. A tenant with
@@ -117,7 +118,10 @@ local function advance_upstream(stream, useq, prev)
     end
 end
 
-local written, stale, duplicates, touched = 0, 0, 0, false
+-- Access fields (what a permission check reads): a notification saying none was written lets
+-- readers keep their users and roles (consumer/read/near_cache.py).
+local ACCESS = {['roles'] = true, ['user-status'] = true, ['user-roles'] = true}
+local written, access, stale, duplicates, touched = 0, 0, 0, 0, false
 for _, ev in ipairs(batch) do
     if ev[8] then
         advance_upstream(ev[8], ev[9], ev[10])
@@ -138,6 +142,9 @@ for _, ev in ipairs(batch) do
                     redis.call('HSET', values, field, value)
                 end
                 written = written + 1
+                if ACCESS[classes[ci]] then
+                    access = access + 1
+                end
             else
                 stale = stale + 1
             end
@@ -166,7 +173,8 @@ redis.call('HSET', meta, 'last-event-ms', now)
 local version = tonumber(redis.call('HGET', meta, 'version') or '0')
 if written > 0 or touched then
     version = redis.call('HINCRBY', meta, 'version', 1)
-    redis.call('PUBLISH', ARGV[4], cjson.encode({version = version, written = written}))
+    local notice = {version = version, written = written, access = access}
+    redis.call('PUBLISH', ARGV[4], cjson.encode(notice))
 end
 -- The batch record (consumer/ingest/inflight.py): one ZADD, and trimming what outlived ARGV[5].
 local applied, lifetime = KEYS[#KEYS], tonumber(ARGV[5])

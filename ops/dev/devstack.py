@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from config.apikeys import parse_api_keys
+from config.celery import EVENTS_URGENT_QUEUE, QUEUES
 from config.settings import Settings, get_settings, load_settings
 from crmcache import keyspace
 from crmcache.redis_client import make_redis
@@ -132,7 +133,13 @@ class DevStack:
             sup.wait_ready([sup.start(self._sandbox_part())], self.options.startup_timeout)
         self.info.tenants = self._tenants()
         self._session_secrets()
-        parts = [self._worker_part(), self._beat_part(), self._subscriber_part(), self._api_part()]
+        parts = [
+            self._worker_part(),
+            self._urgent_worker_part(),
+            self._beat_part(),
+            self._subscriber_part(),
+            self._api_part(),
+        ]
         if self.options.flower:
             parts.append(self._flower_part())
         for part in parts:
@@ -245,10 +252,28 @@ class DevStack:
                 f"--loglevel={self.env['CRM_LOG_LEVEL']}",
                 "--without-gossip",
                 "--without-mingle",
+                f"--queues={','.join(q for q in QUEUES if q != EVENTS_URGENT_QUEUE)}",
             ),
-            note="Celery worker, 2 processes, every queue",
+            note="Celery worker, 2 processes, every queue but the urgent lane",
             stop_stage=1,  # after what sends it tasks; it finishes what it holds
             ready=self._worker_answers,
+        )
+
+    def _urgent_worker_part(self) -> Part:
+        """Revocations without the prefork hop or a wait behind other batches."""
+        return Part(
+            "urgent-worker",
+            self._celery(
+                "worker",
+                "--pool=solo",
+                f"--hostname=up-{self.session}-urgent@%h",
+                f"--loglevel={self.env['CRM_LOG_LEVEL']}",
+                "--without-gossip",
+                "--without-mingle",
+                f"--queues={EVENTS_URGENT_QUEUE}",
+            ),
+            note="Celery worker, solo pool: the urgent lane (events that may revoke access)",
+            stop_stage=1,
         )
 
     def _beat_part(self) -> Part:
