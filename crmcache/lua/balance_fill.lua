@@ -12,13 +12,8 @@
 -- keep it from then on. Nothing is written once the lease is gone (user-deleted deletes it).
 -- The lease is released. Returns {epoch, version, written (1/0), the balance now cached or nil}.
 
-local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
-local function answer(reply)
-    -- the tenant's version at this read: every invalidation up to it is applied (the token)
-    table.insert(reply, 1, meta[2])
-    table.insert(reply, 1, meta[1])
-    return reply
-end
+--@include tokened
+local answer = tokened(KEYS[#KEYS])
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
     return answer({0, redis.call('GET', KEYS[1])})
 end

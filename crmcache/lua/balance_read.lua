@@ -11,13 +11,8 @@
 -- Returns {epoch, version, state, balance or nil, not-found expires-ms or nil} where state is "fresh" (a
 -- balance), "not-found" (a fresh cached 404), "lease", "wait" or "failed".
 
-local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
-local function answer(reply)
-    -- the tenant's version at this read: every invalidation up to it is applied (the token)
-    table.insert(reply, 1, meta[2])
-    table.insert(reply, 1, meta[1])
-    return reply
-end
+--@include tokened
+local answer = tokened(KEYS[#KEYS])
 local balance = redis.call('GET', KEYS[1])
 if balance then
     return answer({'fresh', balance})

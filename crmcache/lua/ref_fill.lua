@@ -15,13 +15,8 @@
 -- Returns {epoch, version, 1, now-ms, expires-ms} when written, {epoch, version, 0} when the
 -- lease was lost.
 
-local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
-local function answer(reply)
-    -- the tenant's version at this read: every invalidation up to it is applied (the token)
-    table.insert(reply, 1, meta[2])
-    table.insert(reply, 1, meta[1])
-    return reply
-end
+--@include tokened
+local answer = tokened(KEYS[#KEYS])
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return answer({0})
 end

@@ -14,13 +14,8 @@
 -- "fresh", "lease" (the caller now holds the lease), "wait" (another caller fetches) or
 -- "failed"; the entry fields are nil when there is no entry.
 
-local meta = redis.call('HMGET', KEYS[#KEYS], 'epoch', 'version')
-local function answer(reply)
-    -- the tenant's version at this read: every invalidation up to it is applied (the token)
-    table.insert(reply, 1, meta[2])
-    table.insert(reply, 1, meta[1])
-    return reply
-end
+--@include tokened
+local answer = tokened(KEYS[#KEYS])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local e = redis.call('HMGET', KEYS[1], 'value', 'fetched-ms', 'expires-ms', 'not-found')
