@@ -103,6 +103,12 @@ class CreditBalance(BaseModel):
     heldCredits: Number
 
 
+TOKEN_DESCRIPTION = (
+    "the version of the tenant's data the answer was computed from (also in the X-CRM-Token "
+    "header): pass it back as consistency=at_least_as_fresh:<token>"
+)
+
+
 class CreditValidation(BaseModel):
     operation: str
     creditCost: Number
@@ -111,10 +117,7 @@ class CreditValidation(BaseModel):
     cached: bool
     stale: bool
     responseTimeMs: float
-    token: str = Field(
-        description="the version of the tenant's data the answer was computed from (also in "
-        "the X-CRM-Token header): pass it back as consistency=at_least_as_fresh:<token>"
-    )
+    token: str = Field(description=TOKEN_DESCRIPTION)
 
 
 class PermissionCheck(BaseModel):
@@ -124,10 +127,7 @@ class PermissionCheck(BaseModel):
     cached: bool
     stale: bool
     responseTimeMs: float
-    token: str = Field(
-        description="the version of the tenant's data the answer was computed from (also in "
-        "the X-CRM-Token header): pass it back as consistency=at_least_as_fresh:<token>"
-    )
+    token: str = Field(description=TOKEN_DESCRIPTION)
 
 
 class UserProfile(BaseModel):
@@ -161,6 +161,14 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="a stable machine-readable code")
     message: str
     model_config = ConfigDict(extra="allow")
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
+    422: {"model": ErrorResponse, "description": "invalid request"},
+    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
+}
+"""The answers every /api route may give besides its own."""
 
 
 class Health(BaseModel):

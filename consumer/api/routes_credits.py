@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,6 +14,7 @@ from consumer.api.consistency import CONSISTENCY_ERRORS, requested, tokened
 from consumer.api.deps import Stopwatch, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import (
+    COMMON_ERRORS,
     IDENT_PATTERN,
     CreateLeadRequest,
     CreditValidation,
@@ -29,11 +30,7 @@ from crmcache.leads import LEAD_OPERATION
 
 router = APIRouter(tags=["credits"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
-    422: {"model": ErrorResponse, "description": "invalid request"},
-    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
-}
+_ERRORS = COMMON_ERRORS
 
 
 @router.get(

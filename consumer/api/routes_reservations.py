@@ -15,6 +15,7 @@ from consumer.api.auth import tenant_of
 from consumer.api.deps import iso_time, service_of
 from consumer.api.errors import ApiError
 from consumer.api.models import (
+    COMMON_ERRORS,
     IDENT_PATTERN,
     CommitRequest,
     CreditBalance,
@@ -27,11 +28,7 @@ from crmcache import credits, holds
 
 router = APIRouter(tags=["credits"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
-    422: {"model": ErrorResponse, "description": "invalid request"},
-    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
-}
+_ERRORS = COMMON_ERRORS
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such reservation"}
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -12,16 +12,18 @@ from consumer.api.auth import tenant_of
 from consumer.api.consistency import CONSISTENCY_ERRORS, requested, tokened
 from consumer.api.deps import Stopwatch, iso_time, service_of
 from consumer.api.errors import ApiError
-from consumer.api.models import IDENT_PATTERN, ErrorResponse, PermissionCheck, UserProfile
+from consumer.api.models import (
+    COMMON_ERRORS,
+    IDENT_PATTERN,
+    ErrorResponse,
+    PermissionCheck,
+    UserProfile,
+)
 from consumer.read.consistency import Consistency
 
 router = APIRouter(tags=["users"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "missing or unknown API key"},
-    422: {"model": ErrorResponse, "description": "invalid request"},
-    503: {"model": ErrorResponse, "description": "cache, Wrapper or tenant data unavailable"},
-}
+_ERRORS = COMMON_ERRORS
 
 # A path segment cannot carry "/" and a "%" is decoded by the server: ids holding either are
 # only addressable where they are query parameters.
