@@ -235,7 +235,9 @@ def measure(
     broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
     with Background(args.url, args.rate):
         time.sleep(0.5)
-        revoke_all(r, wrapper, users[args.revokes :], args.interval, sent)
+        with Monitor(args.url) if args.trace else nullcontext() as loaded_monitor:
+            revoke_all(r, wrapper, users[args.revokes :], args.interval, sent)
+            time.sleep(0.1)
         depth = {q: broker.llen(q) for q in ("crm.events.urgent", "crm.events", "crm.events.bulk")}
     broker.close()
     print(f"  {prefix} broker queue depth at the end of the load: {depth}", file=sys.stderr)
@@ -252,6 +254,8 @@ def measure(
         n = args.revokes
         rows = hops_of(monitor.commands, users[:n], sent[:n], last[:n], heard)
         print("\n".join(table(prefix, rows)), file=sys.stderr)
+        rows = hops_of(loaded_monitor.commands, users[n:], sent[n:], last[n:], heard, True)
+        print("\n".join(table(prefix, rows, f"revokes @{args.rate} ev/s")), file=sys.stderr)
     for name, times in zip(("api", *(f"reader{i}" for i in range(READERS))), seen, strict=True):
         each = [(times[k] - at) * 1000 for k, at in enumerate(sent)]
         lone, loaded = (

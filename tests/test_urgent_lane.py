@@ -114,3 +114,34 @@ def test_the_fast_path_applies_a_suspension_before_any_worker_and_the_task_chang
         # Then applying it again changed no critical field (its stamp included)
         assert r.hget(status, "u2") == b"suspended"
         assert r.hgetall(KEYS.stamps(DataClass.USER_STATUS)) == stamps
+
+
+def test_a_revoke_applied_by_the_fast_path_never_outlives_a_later_grant(
+    r: redis.Redis,
+    settings: Any,
+    env: dict[str, str],
+    broker: tuple[str, redis.Redis],
+    tmp_path: Any,
+) -> None:
+    url, client = broker
+    status = KEYS.values(DataClass.USER_STATUS)
+    with subscribing(settings, url, fast_path=True):
+        # Given a suspension (applied at once by the subscriber) and then a re-activation
+        publish(r, "users", "user-changed", {"userId": "u3", "status": "suspended"})
+        wait_until(lambda: r.hget(status, "u3") == b"suspended", what="the fast path")
+        publish(r, "users", "user-changed", {"userId": "u3", "status": "active"})
+        wait_until(lambda: client.llen(EVENTS_QUEUE) == 1, what="the re-activation's task")
+        # When the workers apply the re-activation first, and the suspension's task after it
+        events_worker = Proc(
+            [*worker_args("solo", 1), "-Q", EVENTS_QUEUE],
+            {**env, "CELERY_BROKER_URL": url},
+            tmp_path / "events-worker.log",
+        )
+        with running(events_worker):
+            wait_until(lambda: r.hget(status, "u3") == b"active", timeout=20, what="re-activation")
+        assert client.llen(EVENTS_URGENT_QUEUE) == 1
+        with running(urgent_worker(env, url, tmp_path)):
+            wait_until(lambda: client.llen(EVENTS_URGENT_QUEUE) == 0, timeout=20, what="task")
+            wait_until(lambda: not client.hlen("unacked"), timeout=20, what="task done")
+        # Then the later grant stands: the suspension applied again is older than it
+        assert r.hget(status, "u3") == b"active"
