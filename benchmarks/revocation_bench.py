@@ -295,7 +295,11 @@ def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict
     subscriber = [str(BIN / "crmcache"), "subscribe"]
     events = "crm.events,crm.events.bulk,crm.preload"
     floor = [sys.executable, "-m", "benchmarks.revocation_bench", "--floor", url]
-    blind, slow = {"CRM_BENCH_ACCESS_BLIND": "1"}, {"CRM_REVOKE_FAST_PATH": "0"}
+    blind, slow, fast = (
+        {"CRM_BENCH_ACCESS_BLIND": "1"},
+        {"CRM_REVOKE_FAST_PATH": "0"},
+        {"CRM_REVOKE_FAST_PATH": "1"},
+    )
     urgent = [
         worker("prefork", args.workers, events),
         worker("solo", 1, "crm.events.urgent"),
@@ -310,7 +314,7 @@ def pipelines(args: Any, url: str) -> list[tuple[str, str, list[list[str]], dict
         ),
         ("+ urgent lane (solo worker)", "u", urgent, {**slow, **blind}),
         ("+ readers keep access on cost changes", "a", urgent, slow),
-        ("+ subscriber fast path (all of it)", "p", urgent, {}),
+        ("+ subscriber fast path (opt-in)", "p", urgent, fast),
         ("plain loop (floor), same readers", "f", [floor], {}),
     ]
 

@@ -93,9 +93,10 @@ class Settings(ReadSettings, ApiSettings):
     urgent_lane: bool = Field(default=True, validation_alias=env("CRM_URGENT_LANE"))
     """Send events that may revoke access at once, in batches of their own, to the urgent lane
     (crm.events.urgent); see consumer/ingest/lanes.py."""
-    revoke_fast_path: bool = Field(default=True, validation_alias=env("CRM_REVOKE_FAST_PATH"))
-    """The subscriber applies a few revoking events itself before sending their task (which
-    stays the durable path); see consumer/ingest/fast_path.py."""
+    revoke_fast_path: bool = Field(default=False, validation_alias=env("CRM_REVOKE_FAST_PATH"))
+    """Opt-in: the subscriber applies a few revoking events itself before sending their task
+    (which stays the durable path); see consumer/ingest/fast_path.py. Off by default: the
+    subscriber stays a thin one that never writes the cache nor PUBLISHes (its Redis ACL)."""
     bulk_threshold: int = Field(
         default=200, ge=1, le=1_000_000, validation_alias=env("CRM_BULK_THRESHOLD")
     )

@@ -284,6 +284,31 @@ def test_the_readme_acl_lets_the_wrapper_only_publish_and_the_subscriber_only_li
     assert running.exit_code == 0 and running.subscriber.stats["reconnects"] == 0
 
 
+def test_the_opt_in_fast_path_under_the_readme_acl_is_refused_and_the_worker_applies(
+    r: redis.Redis, acl_users: dict[str, redis.Redis], start_subscriber: Any, redis_server: Any
+) -> None:
+    # Given a subscriber with the fast path on but the README's narrow login (no writes, no
+    # PUBLISH: the fast path needs the workers' rights)
+    rules = readme_acl_rules()["crm-subscriber"]
+    password = next(rule[1:] for rule in rules if rule.startswith(">"))
+    url = f"redis://crm-subscriber:{password}@127.0.0.1:{redis_server.port}/0"
+    r.script_flush()
+    running = start_subscriber(redis_url=url, revoke_fast_path=True)
+    wait_until(lambda: running.subscriber.stats["subscribes"] >= 1, what="subscription")
+    # When the Wrapper suspends a user, twice
+    status = KEYS.values(DataClass.USER_STATUS)
+    for user in ("acl-1", "acl-2"):
+        suspend = {"eventType": "user-changed", "data": {"userId": user, "status": "suspended"}}
+        r.publish(KEYS.channel("users"), json.dumps(suspend))
+        # Then the suspension is applied all the same (by the worker: the task is the durable path)
+        wait_until(lambda u=user: r.hget(status, u) == b"suspended", what="the suspension")
+    # And the refused fast path was counted each time and the subscriber carried on
+    assert running.subscriber.stats["fast_path_failures"] == 2
+    assert running.subscriber.stats["fast_path_events"] == 0
+    running.stop()
+    assert running.exit_code == 0
+
+
 def crmcache_publish(stream: str, raw: str, **env: str) -> dict[str, Any]:
     done = subprocess.run(
         [str(Path(sys.executable).with_name("crmcache")), "publish", TENANT, stream, raw, "--json"],

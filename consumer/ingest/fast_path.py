@@ -20,6 +20,7 @@ from collections import Counter
 
 from crmcache.errors import StoreUnavailable
 from crmcache.events import Event, may_revoke
+from crmcache.log_once import ReasonLog
 from crmcache.store import Store
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ class FastPath:
         self.store = store
         self.dedupe_window_s = dedupe_window_s
         self.stats = stats
+        self.reasons = ReasonLog(64)
+        """A failure recurs with every flush (a Redis login without the workers' rights, a
+        bug): each reason is logged once."""
 
     def apply(self, tenant: str, stamped: list[Event]) -> None:
         """Apply the events of ``stamped`` that may revoke access, if they are few."""
@@ -47,7 +51,13 @@ class FastPath:
                 "tenant=%s fast path skipped (%s): the worker applies the batch", tenant, exc
             )
             return
-        except Exception:  # a bug of ours must not cost the batch: the task still carries it
-            logger.exception("tenant=%s fast path failed: the worker applies the batch", tenant)
+        except Exception as exc:  # a refusal or a bug must not cost the batch: the task has it
+            self.stats["fast_path_failures"] += 1
+            if self.reasons.first(f"{type(exc).__name__}: {exc}"):
+                logger.exception(
+                    "tenant=%s fast path failed (logged once per reason): the worker applies "
+                    "the batch",
+                    tenant,
+                )
             return
         self.stats["fast_path_events"] += len(revoking)
