@@ -216,7 +216,7 @@ def flood(r: redis.Redis, count: int, rate: float) -> None:
 def quantiles(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return (float("nan"),) * 3  # type: ignore[return-value]
-    q = statistics.quantiles(values, n=100)
+    q = statistics.quantiles(values, n=100, method="inclusive")
     return q[49], q[98], max(values)
 
 

@@ -189,7 +189,7 @@ def paced(r: redis.Redis, url: str, rate: int, seconds: float) -> tuple[float, f
             j += 1
         if j < len(prober.seen):
             latencies.append((prober.seen[j][0] - at) * 1000)
-    q = statistics.quantiles(latencies, n=100)
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
     return q[49], q[98], count - len(latencies)
 
 

@@ -269,7 +269,11 @@ def measure(
 def figures(name: str, phases: dict[str, list[float]], rate: int) -> list[str]:
     rows = []
     for phase, values in phases.items():
-        q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
+        q = (
+            statistics.quantiles(values, n=100, method="inclusive")
+            if len(values) > 1
+            else values * 99
+        )
         label = "lone revoke" if phase == "lone" else f"revoke @{rate} ev/s"
         rows.append(
             f"{name:<42} {label:<20} n={len(values):<4} p50 {q[49]:7.2f} ms  "
