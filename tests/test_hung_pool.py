@@ -4,9 +4,12 @@ limits in the worker; consumer/ingest/inflight.py in the subscriber) and through
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import struct
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +56,45 @@ def idle(worker: Proc, quiet_s: float = 1.5) -> bool:
         return False
     time.sleep(quiet_s)
     return worker.output() == before
+
+
+def unread_bytes(pid: int) -> int:
+    """Bytes written to the pipes of process `pid` and not read yet: a job the pool wrote to a
+    stopped process sits in its inqueue (Linux /proc; FIONREAD on the same pipe reopened)."""
+    total = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if not os.readlink(fd).startswith("pipe:"):
+                continue
+            reopened = os.open(fd, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            total += struct.unpack("i", fcntl.ioctl(reopened, termios.FIONREAD, b"\0" * 4))[0]
+        finally:
+            os.close(reopened)
+    return total
+
+
+def stop_the_process_that_gets_a_job(worker: Proc, r: redis.Redis, channel: str) -> int:
+    """Stop (SIGSTOP) a pool process and make sure it holds a job: the probe's batch. The pool
+    writes a lone job to the first idle process it lists, so stopping just any process may
+    leave it idle while the other one runs every batch (no defence needed, nothing tested)."""
+    probe = BURST.values(DataClass.CREDIT_COSTS)
+    for attempt, pid in enumerate(wait_until(lambda: child_pids(worker.pid)[:2], what="pool")):
+        os.kill(pid, signal.SIGSTOP)
+        r.publish(channel, cost_event("probe", attempt + 1))
+        applied = str(attempt + 1).encode()
+        wait_until(
+            lambda p=pid, v=applied: unread_bytes(p) or r.hget(probe, "probe") == v,
+            timeout=10,
+            what="the probe held or applied",
+        )
+        if unread_bytes(pid):
+            return pid
+        os.kill(pid, signal.SIGCONT)  # the other process runs lone jobs: stop that one
+        wait_until(lambda: idle(worker, quiet_s=0.5), timeout=30, what="an idle pool")
+    raise AssertionError("no pool process was written the probe's job")
 
 
 def visible(r: redis.Redis) -> int:
@@ -112,10 +154,9 @@ def test_every_event_of_a_burst_is_visible_within_15s_with_a_pool_process_hung(
         )
         # (the warm-up batch and the subscriber's first resync done: both processes idle)
         wait_until(lambda: idle(worker), timeout=60, what="an idle pool")
-        # Given one of the two pool processes hung (stopped): the next job written to it is
-        # held, unacknowledged, and Celery never times it (it was not reported started)
-        hung = wait_until(lambda: child_pids(worker.pid)[:1], what="pool processes")[0]
-        os.kill(hung, signal.SIGSTOP)
+        # Given one of the two pool processes hung (stopped) holding a job (the probe's batch):
+        # unacknowledged, and Celery never times it (it was not reported started)
+        hung = stop_the_process_that_gets_a_job(worker, r, channel)
         try:
             # When a burst of 3,000 events is published
             pipe = r.pipeline(transaction=False)
@@ -124,8 +165,9 @@ def test_every_event_of_a_burst_is_visible_within_15s_with_a_pool_process_hung(
             pipe.execute()
             published = time.monotonic()
             # Then every event is visible within 15 s
+            probe = BURST.values(DataClass.CREDIT_COSTS)
             wait_until(
-                lambda: visible(r) == EVENTS,
+                lambda: visible(r) == EVENTS and r.hget(probe, "probe") is not None,
                 timeout=VISIBLE_WITHIN_S,
                 interval=0.1,
                 what=lambda: f"{visible(r)} of {EVENTS} visible\n{worker.output()[-3000:]}",
